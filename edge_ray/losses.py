@@ -1,0 +1,201 @@
+"""Training objectives: EDGE (paper Eq. 4-8) and the baselines it is compared with.
+
+Every loss takes ID logits ``[N, C]``, 0/1 ID targets ``[N, C]`` and (where it uses
+outliers) OE logits ``[M, C]``, and returns a dict of its parts plus ``loss`` so a
+training loop can log each term. Energies use ``softplus`` throughout: the released
+code's ``log(1 + exp(x))`` overflows to ``inf`` for logits above ~88 (DESIGN.md §5).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from edge_ray.validation import check_finite, check_binary, check_logits_pair
+
+GAP_MODES = ("mean", "pairwise")
+
+
+def joint_energy(logits: torch.Tensor) -> torch.Tensor:
+    """JointEnergy (Wang et al. 2021), paper Eq. 3: ``E(x) = sum_c log(1 + exp(f_c(x)))``.
+
+    Higher = more in-distribution. ``softplus`` keeps it finite for any finite logit.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"joint_energy expects logits of shape [N, C], got {tuple(logits.shape)}")
+    return F.softplus(logits).sum(dim=1)
+
+
+def bottom_k_energy(energy_id: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` lowest ID JointEnergies of the batch (all of them when ``k`` exceeds the batch)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return torch.topk(energy_id, min(k, energy_id.numel()), largest=False).values
+
+
+def _id_bce(logits_id: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: binary cross-entropy with logits, averaged over samples and classes."""
+    return F.binary_cross_entropy_with_logits(logits_id, targets.to(logits_id.dtype))
+
+
+def _conf(logits_oe: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: BCE of every OE logit to a 0 target, i.e. mean of ``softplus(f_c(x'))``."""
+    return F.softplus(logits_oe).mean()
+
+
+def gap_hinge(energy_id: torch.Tensor, energy_oe: torch.Tensor, *, k: int, m: float,
+              gap: str = "mean") -> torch.Tensor:
+    """The hinge terms of L_gap before averaging.
+
+    ``mean`` (paper Eq. 6-7): one term per OE sample, ``E(oe_j) - mean(bottom_k E(id)) + m``.
+    ``pairwise`` (released code): one term per (OE sample, bottom-k ID sample) pair.
+    """
+    low = bottom_k_energy(energy_id, k)
+    if gap == "mean":
+        return F.relu(energy_oe - low.mean() + m)
+    if gap == "pairwise":
+        return F.relu(energy_oe[:, None] - low[None, :] + m)
+    raise ValueError(f"gap must be one of {GAP_MODES}, got {gap!r}")
+
+
+def _check_edge_inputs(logits_id, targets, logits_oe, k=None):
+    check_logits_pair(logits_id, targets, logits_oe)
+    check_binary(targets, "targets")
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def edge_loss(logits_id: torch.Tensor, targets: torch.Tensor, logits_oe: torch.Tensor, *,
+              alpha: float, beta: float, k: int, m: float, gap: str = "mean") -> dict:
+    """EDGE objective, Eq. 8: ``L = L_id + alpha * L_conf + beta * L_gap``.
+
+    Returns ``{"loss", "id", "conf", "gap"}``. ``beta = 0`` before epoch ``tau`` is the
+    caller's schedule. Bottom-k is taken within this ID batch.
+    """
+    _check_edge_inputs(logits_id, targets, logits_oe, k)
+    l_id = _id_bce(logits_id, targets)
+    l_conf = _conf(logits_oe)
+    hinge = gap_hinge(joint_energy(logits_id), joint_energy(logits_oe), k=k, m=m, gap=gap)
+    l_gap = hinge.mean()
+    return {"loss": l_id + alpha * l_conf + beta * l_gap, "id": l_id, "conf": l_conf, "gap": l_gap}
+
+
+@torch.no_grad()
+def gap_diagnostics(logits_id: torch.Tensor, logits_oe: torch.Tensor, *, k: int, m: float,
+                    gap: str = "mean") -> dict:
+    """What tells EDGE apart from OE: an active fraction of 0 means the gap term does nothing.
+
+    Returns the fraction of hinge terms above zero, the mean OE JointEnergy and the mean of
+    the bottom-k ID JointEnergies (BENCHMARK-NOTES.md: log these every epoch).
+    """
+    e_id, e_oe = joint_energy(logits_id.float()), joint_energy(logits_oe.float())
+    hinge = gap_hinge(e_id, e_oe, k=k, m=m, gap=gap)
+    return {"gap_active": (hinge > 0).float().mean(), "energy_oe": e_oe.mean(),
+            "energy_id_bottomk": bottom_k_energy(e_id, k).mean()}
+
+
+def oe_loss(logits_id, targets, logits_oe, *, alpha: float = 1.0) -> dict:
+    """Multi-label OE: BCE + alpha * L_conf, i.e. EDGE without the gap term (paper Table 4)."""
+    _check_edge_inputs(logits_id, targets, logits_oe)
+    l_id, l_conf = _id_bce(logits_id, targets), _conf(logits_oe)
+    return {"loss": l_id + alpha * l_conf, "id": l_id, "conf": l_conf}
+
+
+def hendrycks_oe_loss(logits_id, targets, logits_oe, *, lam: float = 0.5) -> dict:
+    """Outlier Exposure (Hendrycks et al. 2019): BCE + lam * CE(softmax(f(x')), uniform).
+
+    The cross-entropy to the uniform distribution is ``-(1/C) sum_c log softmax(f(x'))_c``,
+    averaged over OE samples.
+    """
+    _check_edge_inputs(logits_id, targets, logits_oe)
+    l_id = _id_bce(logits_id, targets)
+    l_oe = -F.log_softmax(logits_oe, dim=1).mean(dim=1).mean()
+    return {"loss": l_id + lam * l_oe, "id": l_id, "oe": l_oe}
+
+
+def free_energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Free energy of Liu et al. 2020: ``-T logsumexp(f / T)`` (lower = more ID)."""
+    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def energy_oe_loss(logits_id, targets, logits_oe, *, lam: float = 0.1, m_in: float = -7.0,
+                   m_out: float = -1.0) -> dict:
+    """Energy-bounded learning (Liu et al. 2020, Eq. 9):
+    ``BCE + lam * (mean relu(E(x) - m_in)^2 + mean relu(m_out - E(x'))^2)`` with the free
+    energy ``E = -logsumexp(f)``. The margins default to values sized for sigmoid logits of a
+    multi-label head (the paper's -25/-7 are for 10-way softmax logits); tune them per dataset.
+    """
+    _check_edge_inputs(logits_id, targets, logits_oe)
+    l_id = _id_bce(logits_id, targets)
+    reg_in = F.relu(free_energy(logits_id) - m_in).pow(2).mean()
+    reg_out = F.relu(m_out - free_energy(logits_oe)).pow(2).mean()
+    return {"loss": l_id + lam * (reg_in + reg_out), "id": l_id, "energy_in": reg_in,
+            "energy_out": reg_out}
+
+
+def focal_loss(logits, targets, *, gamma: float = 2.0, alpha: float | None = None) -> dict:
+    """Sigmoid focal loss (Lin et al. 2017), mean over samples and classes:
+    ``-[y (1-p)^g log p + (1-y) p^g log(1-p)]``, optionally weighted by alpha / 1-alpha."""
+    check_logits_pair(logits, targets)
+    check_binary(targets, "targets")
+    y = targets.to(logits.dtype)
+    ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    p_t = torch.exp(-ce)
+    loss = (1 - p_t).pow(gamma) * ce
+    if alpha is not None:
+        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+    loss = loss.mean()
+    return {"loss": loss, "id": loss}
+
+
+def asl_loss(logits, targets, *, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+             clip: float = 0.05, eps: float = 1e-8) -> dict:
+    """Asymmetric loss (Ridnik et al. 2021): ``-[y (1-p)^g+ log p + (1-y) p_m^g- log(1-p_m)]``
+    with the shifted probability ``p_m = max(p - clip, 0)``. Averaged over samples and classes
+    (the reference code sums; the mean keeps the scale of BCE so learning rates carry over)."""
+    check_logits_pair(logits, targets)
+    check_binary(targets, "targets")
+    y = targets.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    p_m = (p - clip).clamp(min=0) if clip > 0 else p
+    log_p = F.logsigmoid(logits).clamp(min=math.log(eps))
+    log_1mp = torch.log((1 - p_m).clamp(min=eps))
+    loss = -(y * (1 - p).pow(gamma_pos) * log_p + (1 - y) * p_m.pow(gamma_neg) * log_1mp)
+    loss = loss.mean()
+    return {"loss": loss, "id": loss}
+
+
+def db_loss(logits, targets, *, class_freq, num_samples: int, map_alpha: float = 0.1,
+            map_beta: float = 10.0, map_gamma: float = 0.2, neg_scale: float = 2.0,
+            init_bias: float = 0.05, focal: bool = True, focal_gamma: float = 2.0,
+            balance: float = 0.5) -> dict:
+    """Distribution-Balanced loss (Wu et al. 2020), as the authors' ``ResampleLoss``:
+
+    - re-balanced weights: ``r = (1/n_c) / sum_{c' in y} 1/n_c'``, smoothed to
+      ``sigmoid(map_beta * (r - map_gamma)) + map_alpha``;
+    - negative-tolerant regularisation: logits shifted by the class prior bias
+      ``-log(N/n_c - 1) * init_bias / neg_scale``, negative logits scaled by ``neg_scale`` and
+      their weights divided by it;
+    - optional focal modulation (DB-Focal, the paper's best variant).
+    """
+    check_logits_pair(logits, targets)
+    check_binary(targets, "targets")
+    y = targets.to(logits.dtype)
+    freq = torch.as_tensor(class_freq, dtype=logits.dtype, device=logits.device).clamp(min=1)
+    if freq.numel() != logits.shape[1]:
+        raise ValueError(f"class_freq has {freq.numel()} entries but logits have {logits.shape[1]} classes")
+    inv = 1.0 / freq
+    repeat = (y * inv).sum(dim=1, keepdim=True).clamp(min=1e-12)
+    weight = torch.sigmoid(map_beta * (inv / repeat - map_gamma)) + map_alpha
+    bias = -torch.log((num_samples / freq - 1).clamp(min=1e-6)) * init_bias / neg_scale
+    z = logits + bias
+    z = z * (1 - y) * neg_scale + z * y
+    weight = weight / neg_scale * (1 - y) + weight * y
+    wce = F.binary_cross_entropy_with_logits(z, y, weight=weight, reduction="none")
+    if focal:
+        p_t = torch.exp(-F.binary_cross_entropy_with_logits(z, y, reduction="none"))
+        alpha_t = balance * y + (1 - balance) * (1 - y)
+        wce = alpha_t * (1 - p_t).pow(focal_gamma) * wce
+    loss = wce.mean()
+    return {"loss": loss, "id": loss}

@@ -1,0 +1,131 @@
+"""OOD and multi-label metrics (DESIGN.md §3).
+
+Convention: higher score = more in-distribution, and ID is the positive class.
+All metrics are fractions in [0, 1], computed in float64 with exact tie handling.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_ray.validation import as_float64_matrix, as_float64_vector, check_binary
+
+TPR_LEVEL = (19, 20)  # 95% as an exact fraction, so ``0.95 * n`` never rounds the wrong way
+
+
+def fpr_at_95_tpr(id_scores, ood_scores) -> float:
+    """FPR95: the threshold is the largest ``t`` such that at least 95% of ID scores are >= t;
+    the result is the fraction of OOD scores >= t.
+
+    (The released code picks the threshold whose ID recall is *nearest* 0.95; this one
+    takes the first threshold that reaches it, so it never reports a recall below 95%.)
+    """
+    id_s = np.sort(as_float64_vector(id_scores, "ID scores"))[::-1]
+    ood_s = as_float64_vector(ood_scores, "OOD scores")
+    num, den = TPR_LEVEL
+    needed = -(-num * id_s.size // den)  # ceil(0.95 n) ID samples must score >= t
+    threshold = id_s[needed - 1]
+    return float(np.mean(ood_s >= threshold))
+
+
+def _binary_curve(scores: np.ndarray, labels: np.ndarray):
+    """Cumulative true/false positives at each distinct threshold, scores descending."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_group = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tps = np.cumsum(y)[last_of_group]
+    fps = (last_of_group + 1) - tps
+    return tps, fps
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve by the trapezoid rule over distinct thresholds (ties count 1/2)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    tps, fps = _binary_curve(scores, labels)
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def average_precision(scores, labels) -> float:
+    """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds
+    (the step-wise definition scikit-learn uses; no interpolation)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    tps, fps = _binary_curve(scores, labels)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def ood_metrics(id_scores, ood_scores) -> dict:
+    """FPR95, AUROC (ID = 1), AUPR-In (ID positive; the paper's AUPR) and AUPR-Out
+    (OOD positive, scores negated)."""
+    id_s = as_float64_vector(id_scores, "ID scores")
+    ood_s = as_float64_vector(ood_scores, "OOD scores")
+    scores = np.r_[id_s, ood_s]
+    is_id = np.r_[np.ones(id_s.size), np.zeros(ood_s.size)]
+    return {
+        "fpr95": fpr_at_95_tpr(id_s, ood_s),
+        "auroc": auroc(scores, is_id),
+        "aupr_in": average_precision(scores, is_id),
+        "aupr_out": average_precision(-scores, 1 - is_id),
+    }
+
+
+def mean_average_precision(scores, targets) -> float:
+    """Mean over classes with at least one positive of the per-class average precision."""
+    s = as_float64_matrix(scores, "scores")
+    t = np.asarray(targets)
+    if t.shape != s.shape:
+        raise ValueError(f"targets shape {t.shape} does not match scores shape {s.shape}")
+    check_binary(t, "targets")
+    aps = [average_precision(s[:, c], t[:, c]) for c in range(s.shape[1]) if t[:, c].any()]
+    if not aps:
+        raise ValueError("no class has a positive sample; mAP is undefined")
+    return float(np.mean(aps))
+
+
+def classes_by_frequency(class_counts) -> np.ndarray:
+    """Class indices from most to least frequent (stable for ties: lower index first)."""
+    counts = np.asarray(class_counts)
+    return np.argsort(-counts, kind="stable")
+
+
+def head_classes(class_counts, head_fraction: float = 1 / 3) -> np.ndarray:
+    """The ``ceil(C * head_fraction)`` most frequent classes (the paper's majority classes)."""
+    order = classes_by_frequency(class_counts)
+    return order[: int(np.ceil(len(order) * head_fraction))]
+
+
+def tail_only_mask(targets, class_counts, head_fraction: float = 1 / 3) -> np.ndarray:
+    """True for *tail* samples: every class they have is a minority class (paper §1)."""
+    t = np.asarray(targets).astype(bool)
+    return t.any(axis=1) & ~t[:, head_classes(class_counts, head_fraction)].any(axis=1)
+
+
+def head_tail_curve(id_scores, id_targets, ood_scores, class_counts, *,
+                    min_remaining: int = 20) -> list[dict]:
+    """Paper Fig. 1(c,d) / Fig. 5: rank classes by training frequency; for j = 0, 1, 2, ...
+    remove every ID test image that has any of the j most frequent classes, and recompute
+    the OOD metrics on what remains. Stops before fewer than ``min_remaining`` ID images
+    would remain. Each row: ``removed`` (j), ``removed_class`` (index of the j-th class),
+    ``remaining`` (ID images kept) and the four metrics.
+    """
+    id_s = as_float64_vector(id_scores, "ID scores")
+    t = np.asarray(id_targets).astype(bool)
+    if t.ndim != 2 or t.shape[0] != id_s.size:
+        raise ValueError(f"ID targets shape {t.shape} does not match {id_s.size} ID scores")
+    if len(class_counts) != t.shape[1]:
+        raise ValueError(f"{len(class_counts)} class counts for {t.shape[1]} classes")
+    order = classes_by_frequency(class_counts)
+    keep = np.ones(id_s.size, dtype=bool)
+    rows = []
+    for j in range(len(order) + 1):
+        if j > 0:
+            keep &= ~t[:, order[j - 1]]
+        if keep.sum() < max(min_remaining, 1):
+            break
+        row = {"removed": j, "removed_class": int(order[j - 1]) if j else None,
+               "remaining": int(keep.sum())}
+        row.update(ood_metrics(id_s[keep], ood_scores))
+        rows.append(row)
+    return rows
