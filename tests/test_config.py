@@ -1,0 +1,32 @@
+"""Config loading, overrides and the early errors that name the fix."""
+import pytest
+
+from edge_ray.config import ConfigError, load_config
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: {name: smallcnn}\nloss: {beta: 0.5, k: 4}\ndata: {ood: [a, b], batch_size: 8}\n")
+    cfg = load_config(p, ["loss.m=3", "train.use_gpu=true", "data.crop_scale=[0.3, 1.0]"])
+    assert cfg.model.name == "smallcnn" and cfg.loss.beta == 0.5 and cfg.loss.m == 3.0
+    assert cfg.train.use_gpu is True and cfg.data.ood == ("a", "b") and cfg.data.crop_scale == (0.3, 1.0)
+    assert load_config(None, ["loss.alpha=1e-3"]).loss.alpha == 0.001
+    # round trip through YAML
+    p2 = tmp_path / "d.yaml"
+    p2.write_text(cfg.to_yaml())
+    assert load_config(p2) == cfg
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'loss.beta'"):
+        load_config(None, ["loss.betta=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(None, ["loss.k=abc"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["beta=1"])
+    with pytest.raises(ConfigError, match="loss.k=64 is larger than the per-rank ID batch"):
+        load_config(None, ["loss.k=64", "data.batch_size=32"])
+    with pytest.raises(ConfigError, match="loss.method must be one of"):
+        load_config(None, ["loss.method=edgy"])
