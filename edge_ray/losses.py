@@ -95,6 +95,14 @@ def gap_diagnostics(logits_id: torch.Tensor, logits_oe: torch.Tensor, *, k: int,
             "energy_id_bottomk": bottom_k_energy(e_id, k).mean()}
 
 
+def bce_loss(logits_id, targets) -> dict:
+    """Plain multi-label training (Eq. 4 alone): the paper's BCE baseline."""
+    check_logits_pair(logits_id, targets)
+    check_binary(targets, "targets")
+    l_id = _id_bce(logits_id, targets)
+    return {"loss": l_id, "id": l_id}
+
+
 def oe_loss(logits_id, targets, logits_oe, *, alpha: float = 1.0) -> dict:
     """Multi-label OE: BCE + alpha * L_conf, i.e. EDGE without the gap term (paper Table 4)."""
     _check_edge_inputs(logits_id, targets, logits_oe)

@@ -23,3 +23,26 @@ def ray_local():
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield ray
     ray.shutdown()
+
+
+TINY_SIZES = dict(n_train=256, n_val=128, n_test=160, n_oe=128, n_ood=96)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """The embedded benchmark at a few hundred images per set, built once per session."""
+    from shards.demo import build_demo
+
+    out = tmp_path_factory.mktemp("tiny_shards")
+    build_demo(out, seed=0, **TINY_SIZES)
+    return out
+
+
+def tiny_overrides(shards: Path, storage: Path, **extra) -> list[str]:
+    """key=value overrides pointing configs/tiny.yaml at ``tiny_shards`` and ``storage``."""
+    base = {"data.id_train": shards / "id_train", "data.id_val": shards / "id_val",
+            "data.id_test": shards / "id_test", "data.oe": shards / "oe_letters",
+            "data.ood": f"[{shards / 'ood_letters'}, {shards / 'ood_scribble'}]",
+            "train.storage_path": storage}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

@@ -1,0 +1,248 @@
+"""Training and evaluation loaders over WebDataset-format shards (DESIGN.md §2, §4).
+
+Three stages, kept apart so a GPU decoder (issue 9) can replace only the last:
+  1. plan   (`plan.py`)    which positions each rank / DataLoader worker reads;
+  2. read   (`records.py`) raw `Record`s (encoded bytes + labels), shuffled;
+  3. decode (here, `decode="cpu"`) PIL decode + transforms + batching in the workers.
+
+DDP contract: `len(train_loader(...))` is the same on every rank and iterating yields
+exactly that many batches, each ID sample at most once per epoch across all ranks,
+while the OE stream is endless and never ends an epoch early (the released code's
+`zip(ID, OE)` did). See `plan.py` for why ranks get contiguous ranges of a
+per-epoch shuffled, rotated shard order.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import plan
+from .index import ShardIndex, read_labels
+from .plan import steps_per_epoch
+from .records import Record, read_positions, read_shard
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform,
+                         to_normalized_batch, train_transform)
+
+__all__ = ["TrainLoader", "EvalLoader", "train_loader", "eval_loader", "steps_per_epoch",
+           "read_labels", "multi_hot"]
+DECODERS = ("cpu",)
+
+
+def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_size: int,
+                 oe_batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
+                 world_size: int, num_workers: int, hflip: bool = True,
+                 crop_scale=(0.5, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
+                 pin_memory: bool = False) -> "TrainLoader":
+    """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
+    `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
+    (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
+
+    `oe_index=None` (methods without outlier exposure) yields `x_oe = None`.
+    """
+    _check_role(id_index, "id")
+    if oe_index is not None:
+        _check_role(oe_index, "oe")
+    if oe_index is not None and id_index.dir == oe_index.dir:
+        raise ValueError(f"the OE set and the ID set are the same directory {str(id_index.dir)!r}")
+    if not id_index.classes:
+        raise ValueError(f"ID set {id_index.name!r} lists no classes in its index.json")
+    if decode not in DECODERS:
+        raise NotImplementedError(f"decode={decode!r}: only {DECODERS} exist (GPU decode: issue 9)")
+    _check_ranks(rank, world_size, num_workers)
+    stream = _TrainStream(
+        id_index, oe_index, batch_size=batch_size, oe_batch_size=oe_batch_size, epoch=epoch,
+        seed=seed, rank=rank, world_size=world_size, num_workers=max(1, num_workers),
+        transform=train_transform(image_size, hflip=hflip, crop_scale=crop_scale, mean=mean, std=std),
+        shuffle_buffer=shuffle_buffer, return_keys=return_keys)
+    return TrainLoader(stream, num_workers, pin_memory)
+
+
+def eval_loader(index: ShardIndex, *, batch_size: int, image_size: int, rank: int = 0,
+                world_size: int = 1, num_workers: int = 0, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, pin_memory: bool = False) -> "EvalLoader":
+    """One rank's evaluation batches `(x float[B,3,S,S], y float[B,C], keys list[str])`.
+
+    C = len(index.classes) (0 for oe / ood sets). Rank r gets a contiguous slice of
+    the set in index order, the last batch may be short; concatenating the ranks'
+    outputs in rank order gives every sample exactly once, in index order.
+    """
+    _check_ranks(rank, world_size, num_workers)
+    stream = _EvalStream(index, batch_size=batch_size, rank=rank, world_size=world_size,
+                         num_workers=max(1, num_workers),
+                         transform=eval_transform(image_size, mean=mean, std=std))
+    return EvalLoader(stream, num_workers, pin_memory)
+
+
+def multi_hot(records: list[Record], num_classes: int) -> torch.Tensor:
+    """float32 [len(records), num_classes] targets from the records' class indices."""
+    y = np.zeros((len(records), num_classes), dtype=np.float32)
+    for row, rec in enumerate(records):
+        bad = [c for c in rec.labels if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: labels {bad} outside the "
+                             f"{num_classes} classes")
+        y[row, list(rec.labels)] = 1.0
+    return torch.from_numpy(y)
+
+
+class _Loader:
+    """Wraps a fresh DataLoader per iteration (workers see the current epoch)."""
+
+    def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool):
+        self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+
+    def _batches(self) -> Iterator:
+        return iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory))
+
+
+class TrainLoader(_Loader):
+    """Iterating yields exactly `len(self)` batches, the same number on every rank."""
+
+    def __len__(self) -> int:
+        return self.stream.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple]:
+        count = 0
+        for count, batch in enumerate(self._batches(), start=1):
+            yield batch
+        if count != len(self):
+            raise RuntimeError(f"rank {self.stream.rank} produced {count} of {len(self)} "
+                               f"batches; DDP would hang (shards disagree with index.json?)")
+
+
+class EvalLoader(_Loader):
+    def __len__(self) -> int:
+        s = self.stream
+        return plan.eval_batches(s.index.num_samples, s.batch_size, s.rank, s.world_size)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return self._batches()
+
+
+class _TrainStream(IterableDataset):
+    """Per worker: its ID positions -> shuffle -> decode, zipped with an endless OE stream."""
+
+    def __init__(self, id_index, oe_index, *, batch_size, oe_batch_size, epoch, seed, rank,
+                 world_size, num_workers, transform, shuffle_buffer, return_keys):
+        self.id_index, self.oe_index, self.transform = id_index, oe_index, transform
+        self.batch_size, self.oe_batch_size = int(batch_size), int(oe_batch_size)
+        if self.oe_batch_size < 1:
+            raise ValueError(f"oe_batch_size={oe_batch_size} must be >= 1")
+        self.epoch, self.seed, self.rank, self.world_size = int(epoch), int(seed), rank, world_size
+        self.num_workers, self.shuffle_buffer, self.return_keys = num_workers, shuffle_buffer, return_keys
+        self.steps = steps_per_epoch(id_index.num_samples, self.batch_size, world_size)
+
+    def __iter__(self):
+        """The CPU decode stage over `record_batches` (a GPU stage would take the same input)."""
+        worker = _worker_id(self.num_workers)
+        seeds = (self.seed, self.epoch)
+        id_gen = plan.rng(*seeds, plan.ID_AUGMENT, self.rank, worker)
+        oe_gen = plan.rng(*seeds, plan.OE_AUGMENT, self.rank, worker)
+        for id_batch, oe_batch in self.record_batches(worker):
+            x_id = _decode_batch(id_batch, self.transform, id_gen)
+            x_oe = None if oe_batch is None else _decode_batch(oe_batch, self.transform, oe_gen)
+            batch = (x_id, multi_hot(id_batch, self.id_index.num_classes), x_oe)
+            yield (*batch, [r.key for r in id_batch]) if self.return_keys else batch
+
+    def record_batches(self, worker: int) -> Iterator[tuple[list[Record], list[Record] | None]]:
+        """This worker's quota of (ID records, OE records or None) batches, still encoded."""
+        ids, oes = self._id_records(worker), self._oe_records(worker)
+        for _ in range(plan.worker_quota(self.steps, worker, self.num_workers)):
+            id_batch = _take(ids, self.batch_size)
+            if len(id_batch) < self.batch_size:
+                raise RuntimeError(f"ID set {self.id_index.name!r} ran short on rank {self.rank}")
+            yield id_batch, None if oes is None else _take(oes, self.oe_batch_size)
+
+    def _id_records(self, worker: int) -> Iterator[Record]:
+        index = self.id_index
+        perm, offset = plan.epoch_order(len(index.shards), index.num_samples, self.seed, self.epoch)
+        shards = [index.shards[i] for i in perm]
+        positions = plan.train_positions(index.num_samples, self.steps, self.batch_size, offset,
+                                         self.rank, worker, self.num_workers)
+        records = read_positions([u for u, _ in shards], [n for _, n in shards], positions)
+        gen = plan.rng(self.seed, self.epoch, plan.ID_SHUFFLE, self.rank, worker)
+        return plan.shuffled(records, self.shuffle_buffer, gen)
+
+    def _oe_records(self, worker: int) -> Iterator[Record] | None:
+        """Resampled OE: passes over the OE shards, each in a fresh seeded order, forever."""
+        if self.oe_index is None:
+            return None
+        seeds = (self.seed, self.epoch)
+        order_gen = plan.rng(*seeds, plan.OE_ORDER, self.rank, worker)
+
+        def endless():
+            while True:
+                for i in order_gen.permutation(len(self.oe_index.shards)):
+                    url, n = self.oe_index.shards[i]
+                    yield from read_shard(url, np.arange(n), expected=n)
+
+        gen = plan.rng(*seeds, plan.OE_SHUFFLE, self.rank, worker)
+        # A buffer larger than the set would only hold repeats of it.
+        size = min(self.shuffle_buffer, self.oe_index.num_samples)
+        return plan.shuffled(endless(), size, gen)
+
+
+class _EvalStream(IterableDataset):
+    """Per worker: its batches of the rank's slice, in index order, eval transform only."""
+
+    def __init__(self, index, *, batch_size, rank, world_size, num_workers, transform):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.index, self.batch_size, self.transform = index, int(batch_size), transform
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+
+    def __iter__(self):
+        worker = _worker_id(self.num_workers)
+        positions = plan.eval_positions(self.index.num_samples, self.batch_size, self.rank,
+                                        self.world_size, worker, self.num_workers)
+        records = read_positions([u for u, _ in self.index.shards], self.index.shard_sizes, positions)
+        while batch := _take(records, self.batch_size):
+            x = _decode_batch(batch, self.transform, None)
+            yield x, multi_hot(batch, self.index.num_classes), [r.key for r in batch]
+
+
+def _decode_batch(records: list[Record], transform, gen) -> torch.Tensor:
+    """The CPU decode stage: bytes -> RGB -> crop/resize/flip, then one batched normalise."""
+    images = []
+    for rec in records:
+        try:
+            img = decode_image(rec.data, min_size=transform.min_decode_size)
+        except Exception as err:  # PIL raises several types for corrupt or hostile bytes
+            raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: cannot decode the "
+                             f".{rec.ext} image ({err})") from err
+        images.append(transform.geometric(img, gen))
+    return to_normalized_batch(images, transform.mean, transform.std)
+
+
+def _take(items: Iterator, n: int) -> list:
+    return [item for _, item in zip(range(n), items)]
+
+
+def _worker_id(num_workers: int) -> int:
+    info = get_worker_info()
+    if info is None:
+        return 0
+    if info.num_workers != num_workers:
+        raise RuntimeError(f"stream planned for {num_workers} workers runs in {info.num_workers}")
+    return info.id
+
+
+def _check_role(index: ShardIndex, role: str) -> None:
+    if index.role != role:
+        raise ValueError(f"shard set {index.name!r} in {str(index.dir)!r} has role "
+                         f"{index.role!r} but an {role!r} set was expected")
+
+
+def _check_ranks(rank: int, world_size: int, num_workers: int) -> None:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers} must be >= 0")

@@ -1,0 +1,53 @@
+"""Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``, as under
+``ray job submit``) or a local instance. Fails fast with a one-line fix when nothing listens."""
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import ray
+
+
+class ClusterError(RuntimeError):
+    """Ray could not be reached; the message says what to do."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    if address in ("auto", "local"):
+        return None
+    url = urlparse(address if "://" in address else f"ray://{address}")
+    if not url.hostname:
+        return None
+    default = 10001 if url.scheme == "ray" and "://" in address else 6379
+    return url.hostname, url.port or default
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as err:
+        raise ClusterError(f"no Ray cluster at {address} ({err.strerror or err}); start one with "
+                           "`ray start --head` or leave out --address to run on a local Ray") from None
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> str:
+    """Initialise Ray once per process and return where it runs ("local" or the address)."""
+    if ray.is_initialized():
+        return "already connected"
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+        ray.init(address=address, log_to_driver=True)
+        return address
+    # The runtime env puts the project on every worker's path, wherever the driver started.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+             logging_level="ERROR" if quiet else "INFO",
+             runtime_env={"env_vars": {"PYTHONPATH": root, "RAY_TRAIN_V2_ENABLED": "1"}})
+    return "local"

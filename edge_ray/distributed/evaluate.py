@@ -1,0 +1,52 @@
+"""Evaluating a trained checkpoint as a Ray task (on a GPU when the run had one)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+import torch
+
+from edge_ray.config import Config, from_dict
+from edge_ray.evaluation import EvalOptions, evaluate, open_sets
+from edge_ray.models import build_model
+from edge_ray.report import write_results
+
+
+def load_trained(checkpoint_dir: str) -> tuple[torch.nn.Module, Config, list]:
+    """Model, config and class list from a checkpoint written by the training worker."""
+    path = Path(checkpoint_dir)
+    if not (path / "state.pt").is_file():
+        raise FileNotFoundError(f"{path} is not a training checkpoint (no state.pt); pass a "
+                                "checkpoint_* folder of a run, e.g. runs/tiny/checkpoint_...")
+    cfg = from_dict(json.loads((path / "config.json").read_text()))
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    num_classes = state["model"]["head.weight"].shape[0]
+    model = build_model(cfg.model.name, num_classes)
+    model.load_state_dict(state["model"])
+    return model, cfg, num_classes
+
+
+def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, scores, id_train=None, id_test=None,
+                        ood=None, training: str = "model", device: str = "cpu") -> dict:
+    """Evaluate one checkpoint; returns the public result dict (also written to ``out_dir``)."""
+    model, cfg, _ = load_trained(checkpoint_dir)
+    sets = open_sets(id_train or cfg.data.id_train, id_test or cfg.data.id_test,
+                     list(ood if ood is not None else cfg.data.ood))
+    if sets.id_train.num_classes != model.num_classes:
+        raise ValueError(f"the checkpoint has {model.num_classes} classes but {sets.id_train.dir} "
+                         f"lists {sets.id_train.num_classes}; evaluate with the ID sets it was trained on")
+    opts = EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
+                       batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
+    result = evaluate(model, sets, scores, opts, training=training)
+    paths = write_results({training: result}, out_dir)
+    return {"result": {k: v for k, v in result.items() if not k.startswith("_")},
+            "paths": {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}}
+
+
+def evaluate_remote(checkpoint_dir: str, out_dir: str, *, use_gpu: bool = False, num_cpus: float = 1,
+                    **kwargs) -> dict:
+    """Run ``evaluate_checkpoint`` as a Ray task (one GPU if ``use_gpu``)."""
+    task = ray.remote(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0)(evaluate_checkpoint)
+    device = "cuda" if use_gpu else "cpu"
+    return ray.get(task.remote(checkpoint_dir, out_dir, device=device, **kwargs))

@@ -1,0 +1,123 @@
+"""The training driver: check inputs, build a ``TorchTrainer``, fit, summarise.
+
+All input problems (missing shard dirs, wrong roles, class lists that disagree, a batch
+too large for the set, images the backbone cannot take) are found here, before any worker
+starts, so they surface as one clear error instead of a crash inside a rank.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from edge_ray import engine
+from edge_ray.config import Config, ConfigError
+from edge_ray.data import eval_loader, load_index, steps_per_epoch
+from edge_ray.distributed.worker import CKPT_FILE, HISTORY_FILE, train_loop_per_worker
+from edge_ray.models import build_model
+
+
+def storage_root(cfg: Config) -> str:
+    """Ray wants an absolute path or a URI (``s3://``, ``gs://``) for storage."""
+    path = cfg.train.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def run_dir(cfg: Config, run_name: str | None = None) -> str:
+    return f"{storage_root(cfg).rstrip('/')}/{run_name or cfg.train.run_name}"
+
+
+def _probe_forward(cfg: Config, index, num_classes: int, model=None) -> None:
+    """Push one real sample of a set through the eval transform and the backbone."""
+    loader = eval_loader(index, batch_size=1, image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std)
+    x, _, keys = next(iter(loader))
+    model = model or build_model(cfg.model.name, num_classes).eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as err:
+        raise ConfigError(f"{index.dir}: sample {keys[0]} at data.image_size={cfg.data.image_size} "
+                          f"does not fit model {cfg.model.name} ({str(err).splitlines()[0]}); "
+                          "raise data.image_size or pick another backbone") from None
+    return model
+
+
+def check_inputs(cfg: Config) -> dict:
+    """Open every configured shard set and check roles, classes, sizes and steps.
+
+    Returns ``{"num_classes", "steps_per_epoch", "classes"}``.
+    """
+    if not cfg.data.id_train:
+        raise ConfigError("data.id_train is empty; set it to a shard dir made by `launch.py shards`")
+    id_train = load_index(cfg.data.id_train, role="id")
+    for name in ("id_val", "id_test"):
+        path = getattr(cfg.data, name)
+        if path and load_index(path, role="id").classes != id_train.classes:
+            raise ConfigError(f"data.{name} ({path}) has a different class list than data.id_train "
+                              f"({cfg.data.id_train}); convert both with the same classes")
+    uses_oe = engine.USES_OE[cfg.loss.method]
+    if uses_oe and not cfg.data.oe:
+        raise ConfigError(f"loss.method={cfg.loss.method} needs outliers: set data.oe to an OE shard dir")
+    oe = load_index(cfg.data.oe, role="oe") if uses_oe else None
+    for path in cfg.data.ood:
+        load_index(path, role="ood")
+    steps = steps_per_epoch(id_train.num_samples, cfg.data.batch_size, cfg.train.num_workers)
+    model = _probe_forward(cfg, id_train, id_train.num_classes)
+    if oe is not None:
+        _probe_forward(cfg, oe, id_train.num_classes, model)
+    return {"num_classes": id_train.num_classes, "classes": list(id_train.classes), "steps_per_epoch": steps}
+
+
+def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> TorchTrainer:
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name or cfg.train.run_name, storage_path=storage_root(cfg),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
+            callbacks=list(callbacks)),
+    )
+
+
+@dataclass
+class TrainSummary:
+    run_dir: str
+    checkpoint_dir: str | None
+    history: list
+    metrics: dict
+
+    def to_dict(self) -> dict:
+        return {"run_dir": self.run_dir, "checkpoint": self.checkpoint_dir,
+                "final": self.metrics, "history": self.history}
+
+
+def read_checkpoint(path: str) -> tuple[dict, list]:
+    """(state dict file contents, per-epoch history) of a checkpoint directory."""
+    state = torch.load(Path(path) / CKPT_FILE, map_location="cpu", weights_only=True)
+    return state, json.loads((Path(path) / HISTORY_FILE).read_text())
+
+
+def run_training(cfg: Config) -> TrainSummary:
+    """Fit the trainer (resuming if a checkpoint of the same run exists) and write summary.json."""
+    check_inputs(cfg)
+    result = build_trainer(cfg).fit()
+    ckpt = result.checkpoint
+    history = []
+    if ckpt is not None and "://" not in ckpt.path:
+        history = read_checkpoint(ckpt.path)[1]
+    summary = TrainSummary(run_dir(cfg), ckpt.path if ckpt else None, history, dict(result.metrics or {}))
+    if "://" not in summary.run_dir:
+        Path(summary.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(summary.run_dir) / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    return summary

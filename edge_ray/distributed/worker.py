@@ -1,0 +1,143 @@
+"""The Ray Train worker loop: one DDP rank training EDGE (or a baseline) on streamed shards.
+
+Every rank runs the same number of steps per epoch (the reader fixes it), reports once per
+epoch (``ray.train.report`` is a barrier), and rank 0 writes the checkpoint. A run restarted
+by ``FailureConfig`` or rerun with the same name and storage continues from the newest
+checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from edge_ray import engine
+from edge_ray.config import from_dict
+from edge_ray.data import load_index, train_loader, eval_loader
+from edge_ray.losses import joint_energy
+from edge_ray.metrics import mean_average_precision, ood_metrics
+from edge_ray.models import build_model
+
+CKPT_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+
+
+def _load_checkpoint(model, opt, sched):
+    """Restore from ``ray.train.get_checkpoint()``; return (start_epoch, history, resumes)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, [], 0
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=True)
+        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+    engine.unwrap(model).load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["epoch"]) + 1, history, int(state["resumes"]) + 1
+
+
+def _gather_steps(steps: int, device) -> list[int]:
+    """Steps run by every rank this epoch (the DDP equal-steps invariant, made visible)."""
+    if not dist.is_initialized():
+        return [steps]
+    t = torch.tensor([steps], device=device)
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [int(x.item()) for x in out]
+
+
+def _validate(model, cfg, device) -> dict:
+    """Rank-0 validation that never touches the test OOD sets: ID val mAP and, when
+    ``data.oe_val`` is set, JointEnergy FPR95/AUROC of ID val against held-out OE images
+    (the tuning objective)."""
+    if not cfg.data.id_val:
+        return {}
+
+    def outputs(path, role):
+        loader = eval_loader(load_index(path, role=role), batch_size=cfg.eval.batch_size,
+                             image_size=cfg.data.image_size, num_workers=0, mean=cfg.data.mean, std=cfg.data.std)
+        return engine.collect_outputs(engine.unwrap(model), loader, device=device)
+
+    val = outputs(cfg.data.id_val, "id")
+    out = {"val_map": mean_average_precision(val["logits"], val["targets"])}
+    if cfg.data.oe_val:
+        oe = outputs(cfg.data.oe_val, None)
+        m = ood_metrics(joint_energy(torch.from_numpy(val["logits"])).numpy(),
+                        joint_energy(torch.from_numpy(oe["logits"])).numpy())
+        out.update(val_fpr95=m["fpr95"], val_auroc=m["auroc"])
+    return out
+
+
+def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) -> ray.train.Checkpoint:
+    torch.save({"model": engine.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch, "resumes": resumes,
+                "reader_seed": cfg_dict["train"]["seed"], "reader_epoch": epoch}, Path(d) / CKPT_FILE)
+    (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
+    (Path(d) / "config.json").write_text(json.dumps(cfg_dict))
+    return ray.train.Checkpoint.from_directory(d)
+
+
+def train_loop_per_worker(cfg_dict: dict) -> None:
+    cfg = from_dict(cfg_dict)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed)
+
+    id_index = load_index(cfg.data.id_train, role="id")
+    uses_oe = engine.USES_OE[cfg.loss.method]
+    oe_index = load_index(cfg.data.oe, role="oe") if uses_oe else None
+    model = build_model(cfg.model.name, id_index.num_classes, weights=cfg.model.weights)
+    on_gpu = device.type == "cuda"
+    if on_gpu and cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    if cfg.model.compile:
+        model = torch.compile(model)
+
+    def loader_for(epoch):
+        return train_loader(id_index, oe_index, batch_size=cfg.data.batch_size,
+                            oe_batch_size=cfg.data.oe_batch_size, image_size=cfg.data.image_size,
+                            epoch=epoch, seed=cfg.train.seed, rank=rank, world_size=world,
+                            num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
+                            crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std)
+
+    steps = len(loader_for(0))
+    opt = engine.make_optimizer(model, cfg.train)
+    sched = engine.make_scheduler(opt, cfg.train, steps)
+    loss_fn = engine.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples)
+    opts = engine.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
+                              channels_last=on_gpu and cfg.model.channels_last,
+                              separate_forward=cfg.train.separate_forward,
+                              diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
+    start, history, resumes = _load_checkpoint(model, opt, sched)
+
+    for epoch in range(start, cfg.train.epochs):
+        # The fault switch fires once: only in an attempt that did not start from a checkpoint.
+        fail = (epoch == cfg.train.fail_at_epoch and resumes == 0 and rank == world - 1)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=rank != 0,
+                   mininterval=2.0, leave=False)
+        stats = engine.train_epoch(model, loader_for(epoch), loss_fn, opt, sched, epoch=epoch,
+                                   opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
+        bar.close()
+        metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()},
+                   "steps_per_rank": _gather_steps(stats["steps"], device), "lr": sched.get_last_lr()[0],
+                   "beta_active": cfg.loss.method == "edge" and epoch >= cfg.loss.tau,
+                   "resumes": resumes, "world_size": world}
+        if rank == 0 and cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0:
+            metrics.update(_validate(model, cfg, device))
+        history.append(metrics)
+        if rank == 0:
+            print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}),
+                  flush=True)
+        with tempfile.TemporaryDirectory(prefix="edge-ckpt-") as d:  # report copies it to storage
+            ckpt = _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=ckpt)
+        if epoch + 1 == cfg.train.stop_after_epoch:
+            break

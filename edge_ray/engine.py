@@ -1,0 +1,194 @@
+"""Training and inference steps, free of any rank or Ray logic.
+
+A Ray Train worker (``edge_ray.distributed``) wraps these in DDP; the tests and the
+evaluation engine call them directly. Read top to bottom: loss selection, optimiser and
+schedule, one training step, one epoch, then the no-grad pass that collects logits and
+features for scoring.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edge_ray import losses
+from edge_ray.config import LossConfig, TrainConfig
+
+USES_OE = {"edge": True, "oe": True, "hendrycks_oe": True, "energy_oe": True,
+           "bce": False, "focal": False, "asl": False, "dbloss": False}
+
+
+def make_loss_fn(cfg: LossConfig, *, class_freq=None, num_train: int | None = None):
+    """``fn(logits_id, targets, logits_oe, epoch) -> dict`` for ``cfg.method``.
+
+    The tau schedule lives here: EDGE's gap weight beta is 0 for epochs < tau (Alg. 1).
+    """
+    m = cfg.method
+
+    def fn(z_id, y, z_oe, epoch: int) -> dict:
+        if m == "edge":
+            beta = cfg.beta if epoch >= cfg.tau else 0.0
+            return losses.edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap)
+        if m == "oe":
+            return losses.oe_loss(z_id, y, z_oe, alpha=cfg.alpha)
+        if m == "hendrycks_oe":
+            return losses.hendrycks_oe_loss(z_id, y, z_oe, lam=cfg.lam)
+        if m == "energy_oe":
+            return losses.energy_oe_loss(z_id, y, z_oe, lam=cfg.energy_lam, m_in=cfg.m_in, m_out=cfg.m_out)
+        if m == "bce":
+            return losses.bce_loss(z_id, y)
+        if m == "focal":
+            return losses.focal_loss(z_id, y, gamma=cfg.focal_gamma)
+        if m == "asl":
+            return losses.asl_loss(z_id, y, gamma_pos=cfg.asl_gamma_pos, gamma_neg=cfg.asl_gamma_neg, clip=cfg.asl_clip)
+        if m == "dbloss":
+            return losses.db_loss(z_id, y, class_freq=class_freq, num_samples=num_train)
+        raise ValueError(f"unknown loss.method {m!r}")
+
+    return fn
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay, optional Nesterov; the paper) or Adam/AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step schedule sized from the reader's fixed steps per epoch."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    device: torch.device
+    amp: bool = False              # bf16 autocast (GPU only)
+    channels_last: bool = False
+    separate_forward: bool = False
+    diag_k: int = 32               # bottom-k / margin for the gap diagnostics
+    diag_m: float = 1.0
+    diag_gap: str = "mean"
+
+
+def _autocast(opts: StepOptions):
+    if opts.amp and opts.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(x: torch.Tensor, opts: StepOptions) -> torch.Tensor:
+    x = x.to(opts.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if opts.channels_last and x.ndim == 4 else x
+
+
+def forward_id_oe(model: nn.Module, x_id, x_oe, opts: StepOptions):
+    """One forward over ``cat(ID, OE)`` as the paper (default), or two forwards.
+
+    Joint is the default: it is the paper's setup and one larger batch uses the GPU better.
+    Its cost is that BatchNorm's batch statistics mix ID and OE images; ``separate_forward``
+    keeps them apart at the price of two smaller forwards.
+    """
+    if x_oe is None:
+        return model(x_id), None
+    if opts.separate_forward:
+        return model(x_id), model(x_oe)
+    z = model(torch.cat([x_id, x_oe]))
+    return z[: x_id.shape[0]], z[x_id.shape[0]:]
+
+
+def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions) -> dict:
+    """Forward, loss, backward, step. Returns the loss parts (and gap diagnostics) as floats."""
+    x_id, y, x_oe = batch
+    x_id, y = _to_device(x_id, opts), y.to(opts.device, non_blocking=True)
+    x_oe = _to_device(x_oe, opts) if x_oe is not None else None
+    with _autocast(opts):
+        z_id, z_oe = forward_id_oe(model, x_id, x_oe, opts)
+    z_id = z_id.float()
+    z_oe = z_oe.float() if z_oe is not None else None
+    parts = loss_fn(z_id, y, z_oe, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    out = {k: float(v.detach()) for k, v in parts.items()}
+    if z_oe is not None:
+        diag = losses.gap_diagnostics(z_id.detach(), z_oe.detach(), k=opts.diag_k, m=opts.diag_m, gap=opts.diag_gap)
+        out.update({k: float(v) for k, v in diag.items()})
+    return out
+
+
+def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
+                progress=None, fail_at_step: int | None = None) -> dict:
+    """One pass of ``loader``: mean of every reported part, step and image counts, img/s.
+
+    ``fail_at_step`` raises a RuntimeError at that step (the fault-tolerance test switch).
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    steps = images = 0
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        if fail_at_step is not None and step == fail_at_step:
+            raise RuntimeError(f"injected failure at epoch {epoch} step {step} (train.fail_at_epoch)")
+        parts = train_step(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts)
+        if not math.isfinite(parts["loss"]):
+            raise FloatingPointError(f"loss became {parts['loss']} at epoch {epoch} step {step}; "
+                                     "lower train.lr or loss.beta / loss.m")
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+        images += batch[0].shape[0] + (batch[2].shape[0] if batch[2] is not None else 0)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{parts['loss']:.4f}")
+    seconds = time.perf_counter() - start
+    out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out.update(steps=steps, images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9))
+    return out
+
+
+@torch.no_grad()
+def collect_outputs(model, loader, *, device: torch.device, amp: bool = False,
+                    channels_last: bool = False, progress=None) -> dict:
+    """Logits, penultimate features, targets and keys of every sample of an eval loader.
+
+    Runs the backbone once; scores are computed afterwards from the cached arrays.
+    """
+    model.eval()
+    opts = StepOptions(device=device, amp=amp, channels_last=channels_last)
+    feats, logits, targets, keys = [], [], [], []
+    for x, y, k in loader:
+        with _autocast(opts):
+            f = model.forward_features(_to_device(x, opts))
+            z = model.forward_head(f)
+        feats.append(f.float().cpu().numpy())
+        logits.append(z.float().cpu().numpy())
+        targets.append(np.asarray(y, dtype=np.float32))
+        keys.extend(k)
+        if progress is not None:
+            progress.update(len(k))
+    if not keys:
+        raise ValueError("the evaluation loader yielded no samples")
+    return {"features": np.concatenate(feats), "logits": np.concatenate(logits),
+            "targets": np.concatenate(targets), "keys": keys}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP / torch.compile wrappers (for state dicts and forward_features)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

@@ -1,0 +1,153 @@
+"""The evaluation engine: one pass per dataset, every score, every metric.
+
+The model runs once over the ID training set (to fit stateful scorers), the ID test set and
+every OOD set, caching logits and penultimate features; every score is then computed from
+the cache (ODIN, which perturbs inputs, gets one extra gradient pass per set). Outputs are
+plain dicts that ``edge_ray.report`` turns into the paper's tables and figures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge_ray.data import ShardIndex, eval_loader, load_index
+from edge_ray.engine import collect_outputs
+from edge_ray.metrics import head_classes, head_tail_curve, mean_average_precision, ood_metrics, tail_only_mask
+from edge_ray.scores import SCORES, FitData, build_scorer
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    id_train: ShardIndex
+    id_test: ShardIndex
+    ood: tuple  # of ShardIndex
+
+
+def open_sets(id_train: str, id_test: str, ood: list[str], *, classes=None) -> EvalSets:
+    """Open and check the sets: roles, non-empty, and one class list (the model's, if given)."""
+    if not ood:
+        raise ValueError("no OOD set given; pass at least one shard dir of role 'ood'")
+    train = load_index(id_train, role="id")
+    test = load_index(id_test, role="id")
+    if test.classes != train.classes:
+        raise ValueError(f"ID test set {test.dir} and ID training set {train.dir} have different class lists")
+    if classes is not None and tuple(classes) != tuple(train.classes):
+        raise ValueError(f"the checkpoint was trained on classes {list(classes)[:5]}... but "
+                         f"{train.dir} lists {list(train.classes)[:5]}...; evaluate with the ID sets it was trained on")
+    return EvalSets(train, test, tuple(load_index(p, role="ood") for p in ood))
+
+
+def check_score_names(names) -> list[str]:
+    bad = [n for n in names if n not in SCORES]
+    if bad:
+        raise ValueError(f"unknown score(s) {bad}; valid names: {', '.join(SCORES)}")
+    if not names:
+        raise ValueError(f"no score requested; valid names: {', '.join(SCORES)}")
+    return list(names)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    image_size: int
+    mean: tuple
+    std: tuple
+    batch_size: int = 128
+    device: str = "cpu"
+    fit_samples: int = 20000     # ID training images used to fit stateful scorers
+    min_remaining: int = 20      # head/tail curve stops below this many ID images
+    loader_workers: int = 0
+
+
+def _loader(index, opts: EvalOptions):
+    return eval_loader(index, batch_size=opts.batch_size, image_size=opts.image_size,
+                       num_workers=opts.loader_workers, mean=opts.mean, std=opts.std)
+
+
+def _collect(model, index, opts, bar, limit=None):
+    loader = _loader(index, opts)
+    if limit is not None and index.num_samples > limit:
+        loader = _first_batches(loader, -(-limit // opts.batch_size))
+    bar.set_description(f"features {index.name}")
+    return collect_outputs(model, loader, device=torch.device(opts.device), progress=bar)
+
+
+def _first_batches(loader, n):
+    for i, batch in enumerate(loader):
+        if i >= n:
+            return
+        yield batch
+
+
+def _odin_scores(scorer, model, index, opts) -> np.ndarray:
+    std = torch.tensor(opts.std, dtype=torch.float32)
+    out = [scorer.score_inputs(model, x.to(opts.device), input_std=std.to(opts.device))
+           for x, _, _ in _loader(index, opts)]
+    return np.concatenate(out)
+
+
+def fit_scorers(names, train_out: dict, model) -> dict:
+    head = model.head
+    fit = FitData(train_out["features"], train_out["logits"], train_out["targets"],
+                  head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())
+    scorers = {}
+    for name in names:
+        s = build_scorer(name)
+        scorers[name] = s.fit(fit) if s.needs_fit else s
+    return scorers
+
+
+def _score(scorer, out, model, index, opts):
+    if scorer.needs_inputs:
+        return _odin_scores(scorer, model, index, opts)
+    return scorer.score(features=out["features"], logits=out["logits"])
+
+
+def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training: str = "model") -> dict:
+    """Every requested score on every OOD set, ID mAP, tail-only metrics and head/tail curves.
+
+    Returns a JSON-serialisable dict (see ``edge_ray.report`` for the layout on disk) and
+    keeps the raw ID/OOD JointEnergy arrays under ``"_arrays"`` for the histograms.
+    """
+    names = check_score_names(score_names)
+    model = model.to(opts.device).eval()
+    total = min(sets.id_train.num_samples, opts.fit_samples) + sets.id_test.num_samples
+    total += sum(s.num_samples for s in sets.ood)
+    with tqdm(total=total, unit="img", desc="features", mininterval=1.0) as bar:
+        train_out = _collect(model, sets.id_train, opts, bar, limit=opts.fit_samples)
+        test_out = _collect(model, sets.id_test, opts, bar)
+        ood_out = {s.name: _collect(model, s, opts, bar) for s in sets.ood}
+    scorers = fit_scorers(names, train_out, model)
+    counts = list(sets.id_train.label_counts)
+    tail = tail_only_mask(test_out["targets"], counts)
+    result = {"training": training, "map": mean_average_precision(test_out["logits"], test_out["targets"]),
+              "classes": list(sets.id_train.classes), "class_counts": counts,
+              "num_id_test": int(len(test_out["keys"])), "num_tail_only": int(tail.sum()),
+              "ood_sets": {s.name: s.num_samples for s in sets.ood}, "scores": {},
+              "scorer_state": {n: s.params for n, s in scorers.items()}}
+    for name in tqdm(names, desc="scores", mininterval=1.0):
+        scorer = scorers[name]
+        id_s = _score(scorer, test_out, model, sets.id_test, opts)
+        per_set = {}
+        for s in sets.ood:
+            o = _score(scorer, ood_out[s.name], model, s, opts)
+            row = ood_metrics(id_s, o)
+            row["tail"] = ood_metrics(id_s[tail], o) if tail.any() else None
+            row["curve"] = head_tail_curve(id_s, test_out["targets"], o, counts,
+                                           min_remaining=opts.min_remaining)
+            per_set[s.name] = row
+        result["scores"][name] = per_set
+    result["_arrays"] = _energy_arrays(test_out, ood_out, tail, counts)
+    result["_scorers"] = scorers
+    return result
+
+
+def _energy_arrays(test_out, ood_out, tail, counts) -> dict:
+    """JointEnergy of ID-head, ID-tail and each OOD set (paper Fig. 1a/b)."""
+    je = SCORES["jointenergy"]()
+    id_e = je.score(logits=test_out["logits"])
+    head = test_out["targets"][:, head_classes(counts)].astype(bool).any(axis=1)
+    return {"id_head": id_e[head], "id_tail": id_e[tail],
+            "ood": {k: je.score(logits=v["logits"]) for k, v in ood_out.items()}}
