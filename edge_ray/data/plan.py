@@ -15,7 +15,10 @@ Training split (why contiguous ranges, not shards and not `i % world`):
     partial shards). A seeded per-epoch rotation moves the range boundaries, so
     with few shards the ranks still see different samples every epoch.
 Every rank takes exactly `steps * batch_size` positions, disjoint from the others',
-so each sample is read at most once per epoch and every rank runs `steps` steps.
+so each sample is read at most once per epoch and every rank runs `steps` steps;
+which samples a rank gets does not depend on its number of DataLoader workers.
+This replaces webdataset's `split_by_node` + `with_epoch` recipe (DESIGN.md §2):
+same guarantees, without the starved-rank case.
 """
 from __future__ import annotations
 

@@ -1,0 +1,147 @@
+"""Reader throughput: images/s through `train_loader` (tar read + JPEG decode + transforms).
+
+    python benchmarks/reader.py                       # 2000 synthetic 256px JPEGs, workers 1 2
+    python benchmarks/reader.py --workers 0 1 2 4 --image-sizes 224 32 --json reader.json
+    python benchmarks/reader.py --shards DIR --oe-shards DIR2   # measure a real converted set
+    python benchmarks/reader.py --smoke               # tiny, seconds
+
+Synthetic images are real JPEG bytes (noise over gradients, so they neither compress
+to nothing nor decode unrealistically fast). Each configuration runs one epoch on
+rank 0 of world_size 1; "img/s" counts every decoded image (ID + OE), "id/s" only
+ID ones. The first batch (worker start-up, shuffle-buffer fill) is timed separately;
+"CPU ms/img" (all processes) is the number to compare on a busy shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import resource
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_ray.data import load_index, train_loader  # noqa: E402
+
+
+def synthetic_jpeg(gen: np.random.Generator, size: int) -> bytes:
+    """A size x size JPEG: a random colour gradient plus noise, quality 90."""
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    a, b = gen.uniform(0, 255, 3), gen.uniform(0, 255, 3)
+    base = a * ramp[:, None, None] + b * ramp[None, :, None]
+    pixels = np.clip(base / 2 + gen.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_synthetic(out: Path, name: str, role: str, n: int, size: int, *,
+                    shard_size: int, num_classes: int = 20, seed: int = 0) -> Path:
+    """A DESIGN.md §4 shard set (no labels.parquet: the reader does not need it)."""
+    gen = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for s, start in enumerate(range(0, n, shard_size)):
+        url, count = f"{name}-{s:06d}.tar", min(shard_size, n - start)
+        with tarfile.open(out / url, "w") as tar:
+            for i in range(start, start + count):
+                labels = sorted(set(gen.integers(num_classes, size=2).tolist())) if role == "id" else []
+                for ext, data in (("jpg", synthetic_jpeg(gen, size)),
+                                  ("json", json.dumps({"labels": labels}).encode())):
+                    info = tarfile.TarInfo(f"{name}_{i:07d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        shards.append({"url": url, "num_samples": count})
+    classes = [f"class{c}" for c in range(num_classes)] if role == "id" else []
+    (out / "index.json").write_text(json.dumps({
+        "name": name, "role": role, "classes": classes, "num_samples": n, "shards": shards,
+        "label_counts": [], "skipped": []}))
+    return out
+
+
+def measure(id_index, oe_index, *, workers: int, image_size: int, batch_size: int,
+            oe_batch_size: int) -> dict:
+    loader = train_loader(id_index, oe_index, batch_size=batch_size, oe_batch_size=oe_batch_size,
+                          image_size=image_size, epoch=0, seed=0, rank=0, world_size=1,
+                          num_workers=workers)
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    first = None
+    for step, (x_id, _, x_oe) in enumerate(loader):
+        if step == 0:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    cpu = cpu_seconds() - cpu0  # includes the workers: they are joined when the epoch ends
+    steps = len(loader)
+    per_step = batch_size + oe_batch_size
+    steady = (steps - 1) * per_step / (end - first) if steps > 1 else float("nan")
+    return {"workers": workers, "image_size": image_size, "steps": steps,
+            "first_batch_s": round(first - start, 3), "epoch_s": round(end - start, 3),
+            "img_per_s": round(steady, 1),
+            "id_img_per_s": round(steady * batch_size / per_step, 1),
+            "img_per_s_incl_startup": round(steps * per_step / (end - start), 1),
+            "cpu_ms_per_img": round(1e3 * cpu / (steps * per_step), 3)}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (DataLoader workers).
+
+    On a shared machine wall-clock rates move with the load; CPU time per image
+    shows whether a change made the work itself cheaper."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", help="ID shard set to read (default: build a synthetic one)")
+    p.add_argument("--oe-shards", help="OE shard set (default: build a synthetic one)")
+    p.add_argument("--num-images", type=int, default=2000)
+    p.add_argument("--source-size", type=int, default=256, help="synthetic JPEG side")
+    p.add_argument("--image-sizes", type=int, nargs="+", default=[256, 32])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--oe-batch-size", type=int, default=64)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--smoke", action="store_true", help="tiny run, a few seconds")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.num_images, args.source_size, args.batch_size, args.oe_batch_size = 96, 64, 16, 16
+        args.image_sizes = [32]
+
+    with tempfile.TemporaryDirectory(prefix="reader-bench-") as tmp:
+        t0 = time.perf_counter()
+        id_dir = args.shards or write_synthetic(Path(tmp, "id"), "synth", "id", args.num_images,
+                                                args.source_size, shard_size=max(1, args.num_images // 8))
+        oe_dir = args.oe_shards or write_synthetic(Path(tmp, "oe"), "synthoe", "oe",
+                                                   max(args.num_images // 4, 1), args.source_size,
+                                                   shard_size=max(1, args.num_images // 16), seed=1)
+        id_index, oe_index = load_index(id_dir, role="id"), load_index(oe_dir, role="oe")
+        print(f"sets: {id_index.num_samples} ID / {oe_index.num_samples} OE images "
+              f"(prepared in {time.perf_counter() - t0:.1f}s)")
+        rows = [measure(id_index, oe_index, workers=w, image_size=s, batch_size=args.batch_size,
+                        oe_batch_size=args.oe_batch_size)
+                for s in args.image_sizes for w in args.workers]
+
+    print(f"{'size':>5} {'workers':>7} {'steps':>5} {'img/s':>8} {'id/s':>8} "
+          f"{'incl. start':>11} {'1st batch s':>11} {'CPU ms/img':>10}")
+    for r in rows:
+        print(f"{r['image_size']:>5} {r['workers']:>7} {r['steps']:>5} {r['img_per_s']:>8} "
+              f"{r['id_img_per_s']:>8} {r['img_per_s_incl_startup']:>11} {r['first_batch_s']:>11} "
+              f"{r['cpu_ms_per_img']:>10}")
+    if args.json:
+        meta = {"machine": platform.platform(), "cpus": __import__("os").cpu_count(),
+                "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
+                "source_size": None if args.shards else args.source_size}
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
