@@ -87,7 +87,9 @@ def _add_kind_args(kind: str, p) -> None:
 def add_subparsers(subparsers) -> argparse.ArgumentParser:
     """Add the `shards` command and its kinds to a top-level `add_subparsers()` object."""
     top = subparsers.add_parser("shards", help="convert datasets to WebDataset shards",
-                                description="Convert a dataset into the shard layout of DESIGN.md §4.")
+                                description="Convert a dataset into the shard layout of DESIGN.md §4.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n" + "\n".join(f"  {e}" for e in _EXAMPLES.values()))
     kinds = top.add_subparsers(dest="shards_kind", metavar="KIND", required=True)
     for kind, text in _HELP.items():
         p = kinds.add_parser(kind, help=text, description=text, epilog=f"example:\n  {_EXAMPLES[kind]}",

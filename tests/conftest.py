@@ -46,3 +46,31 @@ def tiny_overrides(shards: Path, storage: Path, **extra) -> list[str]:
             "train.storage_path": storage}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_shards, tmp_path_factory):
+    """A checkpoint folder in the training worker's format, from one in-process epoch of the
+    small CNN on ``tiny_shards`` (no Ray: the format is what is under test here)."""
+    import torch
+
+    from edge_ray import engine
+    from edge_ray.checkpoint import save_checkpoint
+    from edge_ray.config import load_config
+    from edge_ray.data import load_index, train_loader
+    from edge_ray.models import build_model
+
+    storage = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", tiny_overrides(tiny_shards, storage))
+    torch.manual_seed(0)
+    id_index, oe_index = load_index(cfg.data.id_train), load_index(cfg.data.oe)
+    model = build_model(cfg.model.name, id_index.num_classes)
+    loader = train_loader(id_index, oe_index, batch_size=32, oe_batch_size=32, image_size=32, epoch=0,
+                          seed=0, rank=0, world_size=1, num_workers=0, hflip=False)
+    opt = engine.make_optimizer(model, cfg.train)
+    sched = engine.make_scheduler(opt, cfg.train, len(loader))
+    stats = engine.train_epoch(model, loader, engine.make_loss_fn(cfg.loss), opt, sched, epoch=0,
+                               opts=engine.StepOptions(device=torch.device("cpu")))
+    return save_checkpoint(storage / "checkpoint_000000", model_state=model.state_dict(),
+                           optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict(),
+                           epoch=0, resumes=0, seed=0, history=[stats], config=cfg.to_dict())

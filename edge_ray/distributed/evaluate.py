@@ -1,26 +1,20 @@
 """Evaluating a trained checkpoint as a Ray task (on a GPU when the run had one)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import ray
 import torch
 
+from edge_ray.checkpoint import load_checkpoint
 from edge_ray.config import Config, from_dict
 from edge_ray.evaluation import EvalOptions, evaluate, open_sets
 from edge_ray.models import build_model
 from edge_ray.report import write_results
 
 
-def load_trained(checkpoint_dir: str) -> tuple[torch.nn.Module, Config, list]:
-    """Model, config and class list from a checkpoint written by the training worker."""
-    path = Path(checkpoint_dir)
-    if not (path / "state.pt").is_file():
-        raise FileNotFoundError(f"{path} is not a training checkpoint (no state.pt); pass a "
-                                "checkpoint_* folder of a run, e.g. runs/tiny/checkpoint_...")
-    cfg = from_dict(json.loads((path / "config.json").read_text()))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+def load_trained(checkpoint_dir: str) -> tuple[torch.nn.Module, Config, int]:
+    """Model, config and number of classes from a checkpoint written by the training worker."""
+    state, _, config = load_checkpoint(checkpoint_dir)
+    cfg = from_dict(config)
     num_classes = state["model"]["head.weight"].shape[0]
     model = build_model(cfg.model.name, num_classes)
     model.load_state_dict(state["model"])

@@ -17,7 +17,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from edge_ray import engine
 from edge_ray.config import Config, ConfigError
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
-from edge_ray.distributed.worker import CKPT_FILE, HISTORY_FILE, train_loop_per_worker
+from edge_ray.checkpoint import load_checkpoint
+from edge_ray.distributed.worker import train_loop_per_worker
 from edge_ray.models import build_model
 
 
@@ -102,12 +103,6 @@ class TrainSummary:
                 "final": self.metrics, "history": self.history}
 
 
-def read_checkpoint(path: str) -> tuple[dict, list]:
-    """(state dict file contents, per-epoch history) of a checkpoint directory."""
-    state = torch.load(Path(path) / CKPT_FILE, map_location="cpu", weights_only=True)
-    return state, json.loads((Path(path) / HISTORY_FILE).read_text())
-
-
 def run_training(cfg: Config) -> TrainSummary:
     """Fit the trainer (resuming if a checkpoint of the same run exists) and write summary.json."""
     check_inputs(cfg)
@@ -115,7 +110,7 @@ def run_training(cfg: Config) -> TrainSummary:
     ckpt = result.checkpoint
     history = []
     if ckpt is not None and "://" not in ckpt.path:
-        history = read_checkpoint(ckpt.path)[1]
+        history = load_checkpoint(ckpt.path)[1]
     summary = TrainSummary(run_dir(cfg), ckpt.path if ckpt else None, history, dict(result.metrics or {}))
     if "://" not in summary.run_dir:
         Path(summary.run_dir).mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 
 import ray.train
 import ray.train.torch
@@ -18,14 +17,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from edge_ray import engine
+from edge_ray.checkpoint import load_checkpoint, save_checkpoint
 from edge_ray.config import from_dict
 from edge_ray.data import load_index, train_loader, eval_loader
 from edge_ray.losses import joint_energy
 from edge_ray.metrics import mean_average_precision, ood_metrics
 from edge_ray.models import build_model
 
-CKPT_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 
 
 def _load_checkpoint(model, opt, sched):
@@ -34,8 +32,7 @@ def _load_checkpoint(model, opt, sched):
     if ckpt is None:
         return 0, [], 0
     with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=True)
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+        state, history, _ = load_checkpoint(d)
     engine.unwrap(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -75,11 +72,9 @@ def _validate(model, cfg, device) -> dict:
 
 
 def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) -> ray.train.Checkpoint:
-    torch.save({"model": engine.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch, "resumes": resumes,
-                "reader_seed": cfg_dict["train"]["seed"], "reader_epoch": epoch}, Path(d) / CKPT_FILE)
-    (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
-    (Path(d) / "config.json").write_text(json.dumps(cfg_dict))
+    save_checkpoint(d, model_state=engine.unwrap(model).state_dict(), optimizer_state=opt.state_dict(),
+                    scheduler_state=sched.state_dict(), epoch=epoch, resumes=resumes,
+                    seed=cfg_dict["train"]["seed"], history=history, config=cfg_dict)
     return ray.train.Checkpoint.from_directory(d)
 
 

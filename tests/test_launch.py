@@ -1,0 +1,37 @@
+"""launch.py: one-line errors with the fix, and --help with an example on every subcommand."""
+import sys
+
+import pytest
+
+import launch
+from tests.test_eval_cli import one_line_error
+
+
+def test_missing_config(capsys):
+    one_line_error(capsys, ["train", "--config", "missing.yaml"], "config file 'missing.yaml' not found")
+
+
+def test_address_pointing_at_nothing(capsys):
+    one_line_error(capsys, ["train", "--config", "configs/tiny.yaml", "--address", "127.0.0.1:1"],
+                   "no Ray cluster at 127.0.0.1:1")
+
+
+def test_unknown_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        launch.main(["trian"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown subcommand 'trian'" in err and "train" in err
+
+
+def test_bad_override(capsys):
+    one_line_error(capsys, ["train", "--config", "configs/tiny.yaml", "loss.bta=0.1"], "did you mean 'loss.beta'")
+
+
+@pytest.mark.parametrize("command", launch.COMMANDS)
+def test_help_has_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        launch.main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out.lower() and f"launch.py {command}" in out
