@@ -120,14 +120,21 @@ def run(args) -> int:
 
 
 def rank_candidates(checkpoint: str, data: Path, bench: dict, out: Path, *, seed: int) -> list[dict]:
-    from edge_ray.distributed import rank_oe
+    """Dilation distance of every OE candidate to the ID training set, as Ray tasks."""
+    from edge_ray.distributed.evaluate import load_trained
+    from edge_ray.distributed.rank_oe import RankOptions, rank_parallel
 
     print("[3/5] ranking OE candidates by dilation distance (Eq. 9) on the BCE model's features", flush=True)
-    rows = rank_oe.rank_sets(str(data / "id_train"), [str(data / n) for n in bench["oe"]],
-                             checkpoint=checkpoint, k=16, batch_size=64, batches=8, seed=seed,
-                             out=str(out / "rank-oe"))
+    model, cfg, _ = load_trained(checkpoint)
+    opts = RankOptions(k=16, batch_size=64, batches=8, seed=seed, image_size=cfg.data.image_size,
+                       mean=cfg.data.mean, std=cfg.data.std)
+    rows = rank_parallel(model, cfg.model.name, str(data / "id_train"), [str(data / n) for n in bench["oe"]],
+                         opts, num_cpus=1, progress=False)
     for r in rows:
-        print(f"      {r.get('rank', '-')!s:>2}  {r['candidate']:<12} d = {r.get('distance', float('nan')):.3f}")
+        r["candidate"] = Path(r["candidate"]).name
+        print(f"      rank {r['rank']}: {r['candidate']:<12} d = {r['distance']:.3f} ± {r['distance_std']:.3f}")
+    (out / "rank-oe").mkdir(parents=True, exist_ok=True)
+    (out / "rank-oe" / "ranking.json").write_text(json.dumps(rows, indent=1))
     return [r for r in rows if r.get("rank")]
 
 
