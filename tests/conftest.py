@@ -20,7 +20,8 @@ def ray_local():
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}})
     yield ray
     ray.shutdown()
 

@@ -49,5 +49,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              logging_level="ERROR" if quiet else "INFO",
-             runtime_env={"env_vars": {"PYTHONPATH": root, "RAY_TRAIN_V2_ENABLED": "1"}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                 p for p in (root, os.environ.get("PYTHONPATH", "")) if p), "RAY_TRAIN_V2_ENABLED": "1"}})
     return "local"

@@ -1,0 +1,230 @@
+"""Issue 7: Ray Tune + Optuna search over EDGE's hyper-parameters.
+
+Two real searches on the tiny CPU config (one epoch per trial, fractional CPUs) and the
+input checks that must fail before any trial starts.
+"""
+import csv
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from ray import tune
+
+from edge_ray.config import ConfigError, load_config
+from edge_ray.distributed.tune import (SearchSettings, check_search, make_scheduler, make_settings,
+                                       run_search, settings_from_args)
+from edge_ray.distributed.tune_settings import concurrency, trial_base
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings(shards, tmp_path, name, *, space="tuning/continuous.yaml", trials=3, extra=None, **kw):
+    over = tiny_overrides(shards, tmp_path / "runs", **{
+        "train.epochs": 1, "data.oe_val": shards / "oe_digit7", **(extra or {})})
+    return make_settings(str(ROOT / "configs/tiny.yaml"), str(ROOT / space), trials, overrides=over,
+                         name=name, out=str(tmp_path / "out"), cpus_per_trial=0.25, **kw)
+
+
+def _study(s: SearchSettings):
+    return optuna.load_study(study_name=s.name, storage=s.storage)
+
+
+@pytest.mark.slow
+def test_search_writes_table_and_a_trainable_best_yaml(ray_local, tiny_shards, tmp_path):
+    """3 trials of Optuna TPE + ASHA over TorchTrainer runs; outputs usable as they are."""
+    from edge_ray.distributed.trainer import run_training
+
+    s = _settings(tiny_shards, tmp_path, "search3")
+    res = run_search(s)
+    assert res.complete and len(res.rows) == 3
+    assert all(r["status"] == "DONE" for r in res.rows), res.rows
+    # sorted by the objective (val_fpr95, min), the validation mAP beside it
+    fprs = [r["val_fpr95"] for r in res.rows]
+    assert fprs == sorted(fprs) and all(0 <= v <= 1 for v in fprs)
+    assert all(0 <= r["val_map"] <= 1 for r in res.rows)
+    out = Path(s.out)
+    table = (out / "trials.md").read_text()
+    assert "val_fpr95" in table and "loss.beta" in table and table.count("| DONE |") == 3
+    with open(out / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert (out / "objective.png").stat().st_size > 0
+
+    # The Optuna study is an ordinary SQLite study: three finished trials, best = table's best.
+    study = _study(s)
+    assert s.storage.startswith("sqlite:///") and Path(out / "study.db").is_file()
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 3
+    assert study.best_value == pytest.approx(res.best["val_fpr95"])
+    assert set(study.best_params) == {"loss.alpha", "loss.beta", "loss.m", "loss.k", "loss.tau"}
+
+    # best.yaml = the base config with the best values; `launch.py train` takes it unchanged.
+    best = load_config(out / "best.yaml")
+    for key in ("alpha", "beta", "m", "k", "tau"):
+        assert getattr(best.loss, key) == pytest.approx(res.best[f"loss.{key}"])
+    # trial resources (--cpus-per-trial 0.25) stay out of it: the base config's 0.5 CPU per worker
+    assert best.train.cpus_per_worker == 0.5 and best.data.oe_val == s.base().data.oe_val
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        summary = run_training(best)  # one epoch, as the search's trials
+    finally:  # Train V2 installs its own Ctrl+C handler in the main thread and leaves it there
+        signal.signal(signal.SIGINT, handler)
+    assert summary.checkpoint_dir and summary.history[-1]["epoch"] == 1
+
+
+class InterruptAfterFirstTrial(tune.Callback):
+    """Ctrl+C, deterministically: SIGINT once the first trial has finished. Tune's handler
+    ends the run gracefully and saves the experiment state. The marker file makes it fire
+    once (Tune saves callbacks with the experiment, so this one comes back on resume)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if os.path.exists(self.marker):
+            return
+        Path(self.marker).write_text(trial.trial_id)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            raise RuntimeError("Tune's SIGINT handler is not installed; cannot interrupt safely")
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local, tiny_shards, tmp_path):
+    """Interrupt after trial 1, then `--resume`: trial 1 is kept as is, trial 2 runs, and the
+    two-objective study (val_fpr95 min, val_map max) yields the Pareto front."""
+    s = _settings(tiny_shards, tmp_path, "resume2", trials=2, multi_objective=True, max_concurrent=1)
+    marker = tmp_path / "interrupted"
+    first = run_search(s, callbacks=[InterruptAfterFirstTrial(marker)])
+    done = [r for r in first.rows if r["status"] == "DONE"]
+    assert not first.complete and len(done) == 1
+    kept = done[0]
+    assert kept["trial"] == marker.read_text()
+
+    args = _args(resume=True, name=s.name, out=s.out)
+    resumed = run_search(settings_from_args(args), resume=True)
+    assert resumed.complete and len(resumed.rows) == 2
+    assert all(r["status"] == "DONE" for r in resumed.rows)
+    again = next(r for r in resumed.rows if r["trial"] == kept["trial"])
+    assert again["seconds"] == kept["seconds"] and again["val_fpr95"] == kept["val_fpr95"]
+    # trial 1 reported once: its Train run was not started again
+    trial_dirs = list((tmp_path / "runs" / s.name).glob(f"*{kept['trial']}*/result.json"))
+    assert len(trial_dirs) == 1 and len(trial_dirs[0].read_text().splitlines()) == 1
+    study = _study(s)
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 2
+    assert len(study.trials) == 2 and study.directions[1] == optuna.study.StudyDirection.MAXIMIZE
+    pareto = (Path(s.out) / "pareto.md").read_text()
+    assert len(study.best_trials) == sum(1 for line in pareto.splitlines() if "| DONE |" in line)
+
+
+def _args(**kw):
+    from argparse import Namespace
+    base = dict(config=None, space=None, trials=None, overrides=[], metric="val_fpr95", mode="min",
+                multi_objective=False, storage=None, name=None, out=None, resume=False,
+                max_concurrent=0, cpus_per_trial=None, gpus_per_trial=None, seed=0, address=None)
+    return Namespace(**{**base, **kw})
+
+
+def _space(tmp_path, entries: dict) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    return str(path)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"loss.alpah": {"choice": [1, 0.1]}}, "did you mean 'loss.alpha'"),
+    ({"loss.beta": {"choice": []}}, "choice list is empty"),
+    ({"loss.beta": {"loguniform": [1, 1]}}, "empty range"),
+    ({"loss.k": {"randint": [8, 8]}}, "empty range"),
+    ({"loss.k": {"uniform": [4, 16]}}, "loss.k is an integer"),
+    ({"loss.k": {"choice": [8, 64]}}, "larger than the per-rank ID batch"),
+    ({"loss.m": {"normal": [0, 1]}}, "write one of choice, uniform"),
+    ({"data.oe_val": {"choice": ["a", "b"]}}, "data sets cannot be tuned"),
+    ({"data.crop_scale": {"choice": [[0.5, 1.0], [0.8, 1.0]]}}, "choices must be plain values"),
+])
+def test_bad_space_fails_before_any_trial(tiny_shards, tmp_path, entries, message):
+    s = _settings(tiny_shards, tmp_path, "bad", space=_space(tmp_path, entries))
+    with pytest.raises(ConfigError, match=message):
+        check_search(s)
+
+
+@pytest.mark.parametrize("metric, extra, message", [
+    ("val_fpr", {}, "did you mean 'val_fpr95'"),
+    ("val_auroc", {"data.oe_val": ""}, "needs data.id_val and data.oe_val .*data.oe_val is empty"),
+    ("val_map", {"data.id_val": ""}, "needs data.id_val in the config"),
+    ("val_fpr95", {"train.val_every": 2}, "train.val_every=1"),
+])
+def test_unreported_metric_fails_before_any_trial(tiny_shards, tmp_path, metric, extra, message):
+    s = _settings(tiny_shards, tmp_path, "bad", metric=metric, extra=extra)
+    with pytest.raises(ConfigError, match=message):
+        check_search(s)
+
+
+@pytest.mark.parametrize("oe_val, message", [
+    ("ood_letters", "is one of the test OOD sets"),
+    ("oe_letters", "equals data.oe"),
+])
+def test_test_leakage_is_refused(tiny_shards, tmp_path, oe_val, message):
+    s = _settings(tiny_shards, tmp_path, "leak", extra={"data.oe_val": tiny_shards / oe_val})
+    with pytest.raises(ConfigError, match=message):
+        check_search(s)
+
+
+def test_cli_settings_and_resume_checks(tiny_shards, tmp_path):
+    """`tune` without its required flags, and `--resume` with nothing saved or other settings."""
+    with pytest.raises(ConfigError, match="needs --config, --space and --trials"):
+        settings_from_args(_args(config="configs/tiny.yaml"))
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        settings_from_args(_args(resume=True, name="nope", out=str(tmp_path / "nope")))
+    s = _settings(tiny_shards, tmp_path, "saved")
+    Path(s.out).mkdir(parents=True)
+    (Path(s.out) / "search.yaml").write_text(yaml.safe_dump(s.to_dict()))
+    assert settings_from_args(_args(resume=True, name="saved", out=s.out)) == s
+    with pytest.raises(ConfigError, match="trials differ"):
+        settings_from_args(_args(resume=True, config=str(ROOT / "configs/tiny.yaml"),
+                                 space=str(ROOT / "tuning/continuous.yaml"), trials=9,
+                                 overrides=tiny_overrides(tiny_shards, tmp_path / "runs", **{
+                                     "train.epochs": 1, "data.oe_val": tiny_shards / "oe_digit7"}),
+                                 name="saved", out=s.out, cpus_per_trial=0.25))
+
+
+def test_space_files_fit_the_shipped_configs():
+    from edge_ray.distributed.tune_space import build_space, read_space
+    for config in ("tiny", "voc", "coco", "nuswide"):
+        cfg = load_config(ROOT / f"configs/{config}.yaml")
+        for space in ("paper_grid", "continuous"):
+            dists, _ = build_space(read_space(ROOT / f"tuning/{space}.yaml"), cfg)
+            assert {"loss.alpha", "loss.beta", "loss.m", "loss.k", "loss.tau"} <= set(dists)
+    grid, _ = build_space(read_space(ROOT / "tuning/paper_grid.yaml"), load_config(ROOT / "configs/tiny.yaml"))
+    assert list(grid["loss.alpha"].choices) == [10, 1, 0.1, 0.01, 0.001]
+    assert list(grid["loss.beta"].choices) == [1, 0.1, 0.01, 0.001, 0.0001]
+    assert list(grid["loss.m"].choices) == [0, 1, 2, 3, 4, 5]
+
+
+def test_asha_on_epochs_and_fractional_resources(tiny_shards, tmp_path):
+    """ASHA rungs run on the reported epoch up to train.epochs (FIFO for a Pareto search);
+    trials at once follow the cluster's CPUs, or GPUs shared by fractions."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = _settings(tiny_shards, tmp_path, "res", trials=8, extra={"train.epochs": 4})
+    asha = make_scheduler(s)
+    assert isinstance(asha, ASHAScheduler) and asha.metric == "val_fpr95"
+    assert asha._time_attr == "epoch" and asha._max_t == 4  # no public getters
+    pareto = replace(s, metrics=("val_fpr95", "val_map"), modes=("min", "max"))
+    assert type(make_scheduler(pareto)) is FIFOScheduler
+
+    assert trial_base(s).train.cpus_per_worker == 0.25  # --cpus-per-trial 0.25 on one worker
+    assert concurrency(s, trial_base(s), {"CPU": 2.0}) == 7  # 0.25 + 0.01 for the trial driver
+    assert concurrency(replace(s, max_concurrent=2), trial_base(s), {"CPU": 2.0}) == 2
+    gpu = replace(s, gpus_per_trial=0.5, cpus_per_trial=2.0)
+    assert trial_base(gpu).train.use_gpu and trial_base(gpu).train.gpus_per_worker == 0.5
+    assert concurrency(gpu, trial_base(gpu), {"CPU": 16.0, "GPU": 1.0}) == 2
+    assert concurrency(gpu, trial_base(gpu), {"CPU": 3.0, "GPU": 1.0}) == 1  # CPUs bind first
+    with pytest.raises(ConfigError, match="needs 0.5 GPU but the Ray cluster has 0"):
+        concurrency(gpu, trial_base(gpu), {"CPU": 16.0})
+    two_ranks = replace(gpu, config={**gpu.config, "train": {**gpu.config["train"], "num_workers": 2}})
+    with pytest.raises(ConfigError, match="needs train.num_workers=1"):
+        check_search(two_ranks)
