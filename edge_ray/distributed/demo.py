@@ -132,7 +132,10 @@ def rank_candidates(checkpoint: str, data: Path, bench: dict, out: Path, *, seed
                          opts, num_cpus=1, progress=False)
     for r in rows:
         r["candidate"] = Path(r["candidate"]).name
-        print(f"      rank {r['rank']}: {r['candidate']:<12} d = {r['distance']:.3f} ± {r['distance_std']:.3f}")
+        if r["rank"]:
+            print(f"      rank {r['rank']}: {r['candidate']:<12} d = {r['distance']:.3f} ± {r['distance_std']:.3f}")
+        else:
+            print(f"      skipped: {r['candidate']:<12} {r['status']}: {r['reason']}")
     (out / "rank-oe").mkdir(parents=True, exist_ok=True)
     (out / "rank-oe" / "ranking.json").write_text(json.dumps(rows, indent=1))
     return [r for r in rows if r.get("rank")]

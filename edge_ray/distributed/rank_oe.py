@@ -1,0 +1,377 @@
+"""Rank OE candidate sets by the dilation distance (paper Eq. 9; Alg. 1, line 1) on a Ray task pool.
+
+One Ray task extracts the ID features; its result stays in the object store and every
+candidate task gets it by reference, extracts its own penultimate features and computes
+`dilation_distance` (smaller = more informative OE set). Features come from the model in
+eval mode, with the deterministic eval transform and no grad (the released code used train
+mode and augmentation, so its distances changed from run to run).
+
+Which images: each set contributes the first `batches * batch_size` positions of
+`numpy.random.default_rng(seed).permutation(num_samples)` (all of them if the set is smaller,
+cut to full batches), in that permuted order, so a batch mixes shards and classes and the
+same seed always gives the same images, features and ranking.
+
+A candidate that cannot be measured (missing or bad index, role other than `oe`, fewer
+images than one batch, a task error) is reported with its reason and gets no rank; the
+others go on. Only when none can be ranked is it an error.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
+
+from edge_ray.data import IMAGENET_MEAN, IMAGENET_STD, ShardIndex, eval_transform, load_index
+from edge_ray.data.records import read_positions
+from edge_ray.data.transforms import decode_image
+from edge_ray.engine import collect_outputs
+from edge_ray.models import BACKBONES, MultiLabelNet, build_model, load_state_file
+from edge_ray.oe_select import SPECTRUM_METHODS, batch_distances
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    k: int = 16                   # top-k singular values per batch
+    batch_size: int = 64          # rows per batch, for ID and OE alike (paper: equal batch sizes)
+    batches: int = 10             # at most this many batches per set
+    seed: int = 0                 # picks the images (see module docstring)
+    image_size: int = 256
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    method: str = "gram"          # spectrum: gram eigenvalues or svdvals (oe_select.py)
+
+    def check(self) -> "RankOptions":
+        for name in ("k", "batch_size", "batches", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.k > self.batch_size:
+            raise ValueError(f"--k {self.k} exceeds --batch-size {self.batch_size}: a batch has at "
+                             "most batch_size non-zero singular values; lower --k")
+        if self.method not in SPECTRUM_METHODS:
+            raise ValueError(f"method must be one of {SPECTRUM_METHODS}, got {self.method!r}")
+        return self
+
+
+# ---- pure part: no Ray below this line until rank_parallel -------------------------------
+
+def sample_positions(num_samples: int, *, batch_size: int, batches: int, seed: int) -> np.ndarray:
+    """Positions of the images a set contributes: a seeded permutation, cut to full batches."""
+    n = min(batches * batch_size, num_samples) // batch_size * batch_size
+    return np.random.default_rng(seed).permutation(num_samples)[:n]
+
+
+def set_features(model: MultiLabelNet, index: ShardIndex, positions: np.ndarray, opts: RankOptions,
+                 *, device: str = "cpu") -> np.ndarray:
+    """Penultimate features float32 [len(positions), D], row i for `positions[i]`.
+
+    Shards are read in position order (one pass, seeking past unwanted samples) and the
+    rows put back in the permuted order afterwards.
+    """
+    order = np.argsort(positions, kind="stable")
+    records = read_positions([u for u, _ in index.shards], index.shard_sizes, positions[order])
+    transform = eval_transform(opts.image_size, mean=opts.mean, std=opts.std)
+
+    def batches():
+        while chunk := list(itertools.islice(records, opts.batch_size)):
+            x = torch.stack([transform(_decode(r, transform.min_decode_size)) for r in chunk])
+            yield x, np.zeros((len(chunk), 0), np.float32), [r.key for r in chunk]
+
+    found = collect_outputs(model.to(device), batches(), device=torch.device(device))["features"]
+    features = np.empty_like(found)
+    features[order] = found
+    return features
+
+
+def _decode(rec, min_size: int):
+    try:
+        return decode_image(rec.data, min_size=min_size)
+    except Exception as err:  # PIL raises several types for corrupt bytes
+        raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: cannot decode the .{rec.ext} "
+                         f"image ({err})") from err
+
+
+def measure(id_features, oe_features, opts: RankOptions) -> dict:
+    """Eq. 9 for one candidate: the mean of the per-batch distances, their spread and counts."""
+    d = batch_distances(id_features, oe_features, k=opts.k, batch_size=opts.batch_size,
+                        method=opts.method)
+    return {"distance": float(d.mean()), "distance_std": float(d.std()), "batches": len(d),
+            "images": len(d) * opts.batch_size}
+
+
+def result_row(candidate: str, *, status: str = "ranked", reason: str = "", **fields) -> dict:
+    """One line of the ranking; `status` is ranked, skipped (refused up front) or failed."""
+    row = {"rank": None, "candidate": candidate, "name": "", "role": "", "num_samples": None,
+           "images": 0, "batches": 0, "distance": None, "distance_std": None}
+    return {**row, **fields, "status": status, "reason": reason}
+
+
+def rank_table(rows: list[dict]) -> list[dict]:
+    """Ranked rows by increasing distance (ties by candidate) with ranks 1.., then the rest."""
+    ranked = sorted((r for r in rows if r["status"] == "ranked"),
+                    key=lambda r: (r["distance"], r["candidate"]))
+    rest = [dict(r, rank=None) for r in rows if r["status"] != "ranked"]
+    return [dict(r, rank=i) for i, r in enumerate(ranked, start=1)] + rest
+
+
+def rank_candidates(id_features, candidate_features: dict, *, k: int, batch_size: int,
+                    method: str = "gram") -> list[dict]:
+    """Serial reference: rank already extracted candidate features against the ID features."""
+    opts = RankOptions(k=k, batch_size=batch_size, method=method)
+    return rank_table([result_row(name, **measure(id_features, f, opts))
+                       for name, f in candidate_features.items()])
+
+
+def open_id_set(path: str, opts: RankOptions) -> ShardIndex:
+    index = load_index(path, role="id")
+    if index.num_samples < opts.batch_size:
+        raise ValueError(f"ID set {index.name!r} holds {index.num_samples} images, fewer than "
+                         f"--batch-size {opts.batch_size}; lower --batch-size")
+    return index
+
+
+def inspect_candidate(path: str, opts: RankOptions) -> tuple[ShardIndex | None, dict]:
+    """(index, row) for a candidate that can be measured, else (None, a skipped row with the reason)."""
+    try:
+        index = load_index(path)
+    except (OSError, ValueError) as err:
+        return None, result_row(path, status="skipped", reason=str(err))
+    row = dict(name=index.name, role=index.role, num_samples=index.num_samples)
+    if index.role != "oe":
+        why = ("it is an ID set" if index.role == "id" else
+               "it is a test OOD set (training on it leaks the test); convert it with role oe")
+        return None, result_row(path, status="skipped", reason=f"role {index.role!r}: {why}", **row)
+    if index.num_samples < opts.batch_size:
+        return None, result_row(path, status="skipped", reason=f"holds {index.num_samples} images, "
+                                f"fewer than --batch-size {opts.batch_size}", **row)
+    return index, result_row(path, **row)
+
+
+def rank_serial(model: MultiLabelNet, id_dir: str, candidates: list[str], opts: RankOptions,
+                *, device: str = "cpu") -> list[dict]:
+    """The whole ranking in this process: the reference the parallel run must reproduce."""
+    opts = opts.check()
+    id_index = open_id_set(id_dir, opts)
+    id_f = set_features(model, id_index, _positions(id_index, opts), opts, device=device)
+    rows = []
+    for path in candidates:
+        index, row = inspect_candidate(path, opts)
+        if index is not None:
+            f = set_features(model, index, _positions(index, opts), opts, device=device)
+            row.update(measure(id_f, f, opts))
+        rows.append(row)
+    return _require_ranked(rank_table(rows))
+
+
+def _positions(index: ShardIndex, opts: RankOptions) -> np.ndarray:
+    return sample_positions(index.num_samples, batch_size=opts.batch_size, batches=opts.batches,
+                            seed=opts.seed)
+
+
+def _require_ranked(rows: list[dict]) -> list[dict]:
+    if not any(r["status"] == "ranked" for r in rows):
+        reasons = "; ".join(f"{r['candidate']}: {r['reason']}" for r in rows)
+        raise ValueError(f"no OE candidate could be ranked ({reasons})")
+    return rows
+
+
+def model_blob(model: MultiLabelNet, name: str) -> dict:
+    """What a task needs to rebuild the model (no download on the workers)."""
+    return {"name": name, "num_classes": model.num_classes,
+            "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def model_from_blob(blob: dict) -> MultiLabelNet:
+    model = build_model(blob["name"], blob["num_classes"])
+    model.load_state_dict(blob["state"])
+    return model
+
+
+# ---- Ray task pool -------------------------------------------------------------------------
+
+def _features_task(blob: dict, index: ShardIndex, opts: RankOptions, device: str, threads: int):
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    return set_features(model_from_blob(blob), index, _positions(index, opts), opts, device=device)
+
+
+def _candidate_task(blob, index, opts, device, threads, id_features) -> dict:
+    # id_features arrives resolved: Ray schedules this task only once the ID task is done,
+    # so no task ever holds a GPU while it waits for another.
+    f = _features_task(blob, index, opts, device, threads)
+    return measure(id_features, f, opts)
+
+
+def rank_parallel(model: MultiLabelNet, model_name: str, id_dir: str, candidates: list[str],
+                  opts: RankOptions, *, num_cpus: float = 1, num_gpus: float = 0,
+                  max_in_flight: int | None = None, progress: bool = True) -> list[dict]:
+    """`rank_serial` as Ray tasks: one for the ID features, one per candidate.
+
+    Each task asks for `num_cpus` / `num_gpus` (fractions allowed; a GPU task runs on cuda);
+    `max_in_flight` caps the candidate tasks running at once (None: as resources allow).
+    """
+    opts = opts.check()
+    _check_resources(num_cpus, num_gpus)
+    id_index = open_id_set(id_dir, opts)
+    rows, todo = {}, []
+    for i, path in enumerate(candidates):
+        index, rows[i] = inspect_candidate(path, opts)
+        if index is not None:
+            todo.append((i, index))
+    if not todo:
+        _require_ranked(list(rows.values()))  # raises, listing every reason
+    device, threads = ("cuda" if num_gpus > 0 else "cpu"), max(1, int(num_cpus))
+    # One retry covers a lost worker or node; an exception raised by the task is never retried.
+    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)
+    blob = ray.put(model_blob(model, model_name))
+    id_ref = ray.remote(_features_task).options(**options).remote(blob, id_index, opts, device, threads)
+    _get_id(id_ref)  # an unreadable ID set stops everything, with its own message
+    task = ray.remote(_candidate_task).options(**options)
+    pending, cap = {}, max_in_flight or len(todo)
+    with tqdm(total=len(todo), desc="rank-oe", unit="set", disable=not progress) as bar:
+        while todo or pending:
+            while todo and len(pending) < cap:
+                i, index = todo.pop(0)
+                pending[task.remote(blob, index, opts, device, threads, id_ref)] = i
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            rows[i] = _finish(rows[i], done[0])
+            bar.update(1)
+            bar.set_postfix_str(f"{Path(rows[i]['candidate']).name}: {rows[i]['status']}")
+    return _require_ranked(rank_table([rows[i] for i in range(len(candidates))]))
+
+
+def _check_resources(num_cpus: float, num_gpus: float) -> None:
+    if num_cpus <= 0 or num_gpus < 0:
+        raise ValueError(f"--num-cpus must be > 0 and --num-gpus >= 0, got {num_cpus} and {num_gpus}")
+    have = ray.cluster_resources()
+    for kind, want in (("CPU", num_cpus), ("GPU", num_gpus)):
+        if want > have.get(kind, 0):
+            raise ValueError(f"each task asks for {want} {kind} but the Ray cluster has "
+                             f"{have.get(kind, 0)}; lower --num-{kind.lower()}s")
+
+
+def _get_id(ref):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        raise cause if isinstance(cause, (ValueError, OSError)) else err
+
+
+def _finish(row: dict, ref) -> dict:
+    try:
+        return {**row, **ray.get(ref)}
+    except ray.exceptions.RayError as err:
+        cause = getattr(err, "cause", None)
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        return {**row, "status": "failed", "reason": reason.strip().splitlines()[0]}
+
+
+# ---- command line -------------------------------------------------------------------------
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'rank':>4}  {'candidate':<32} {'images':>6}  {'distance':>18}  status"]
+    for r in rows:
+        dist = f"{r['distance']:.4f} ± {r['distance_std']:.4f}" if r["distance"] is not None else "-"
+        status = r["status"] + (f": {r['reason']}" if r["reason"] else "")
+        lines.append(f"{r['rank'] or '-':>4}  {r['candidate']:<32} {r['images'] or '-':>6}  {dist:>18}  {status}")
+    return "\n".join(lines)
+
+
+def load_ranking_model(args) -> tuple[MultiLabelNet, str, dict]:
+    """(model, backbone name, data defaults) from --checkpoint or --backbone/--weights."""
+    if args.checkpoint:
+        if args.backbone or args.weights:
+            raise ValueError("give either --checkpoint or --backbone/--weights, not both")
+        from edge_ray.distributed.evaluate import load_trained
+        model, cfg, _ = load_trained(args.checkpoint)
+        return model, cfg.model.name, {"image_size": cfg.data.image_size,
+                                       "mean": tuple(cfg.data.mean), "std": tuple(cfg.data.std)}
+    name, weights = args.backbone or "resnet50", args.weights or ""
+    torch.manual_seed(args.seed)  # a random-init backbone is then the same for the same seed
+    if not weights:
+        print(f"note: {name} has random weights; pass --weights or --checkpoint for learned features")
+    num_classes = 1  # the head is unused; a full MultiLabelNet file brings its own
+    if Path(weights).is_file():
+        num_classes = int(load_state_file(Path(weights)).get("head.weight", torch.empty(1)).shape[0])
+    return build_model(name, num_classes, weights=weights), name, {}
+
+
+def run(args) -> int:
+    from edge_ray.config import load_config
+    from edge_ray.distributed.cluster import connect
+
+    if args.select_out and not args.select:
+        raise ValueError("--select-out needs --select CONFIG (the training config to update)")
+    if args.select and not Path(args.select).is_file():
+        raise FileNotFoundError(f"--select {args.select}: no such training config (YAML)")
+    cfg = load_config(args.select) if args.select else None  # fail before any work
+    RankOptions(k=args.k, batch_size=args.batch_size, batches=args.batches).check()
+    connect(args.address)
+    model, name, defaults = load_ranking_model(args)
+    if args.image_size:
+        defaults["image_size"] = args.image_size
+    opts = RankOptions(k=args.k, batch_size=args.batch_size, batches=args.batches, seed=args.seed,
+                       **defaults)
+    rows = rank_parallel(model, name, args.id, args.candidates, opts, num_cpus=args.num_cpus,
+                         num_gpus=args.num_gpus)
+    print(format_table(rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = rows[0]["candidate"]
+    id_images = len(_positions(load_index(args.id), opts))
+    report = {"id": args.id, "id_images": id_images,
+              "model": {"backbone": name, "checkpoint": args.checkpoint or "",
+                                       "weights": args.weights or ""},
+              "options": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()},
+              "best": best, "candidates": rows}
+    (out / "ranking.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"best OE candidate: {best}; ranking: {out / 'ranking.json'}")
+    if cfg is not None:
+        target = Path(args.select_out or out / "selected.yaml")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(replace(cfg, data=replace(cfg.data, oe=best)).to_yaml())
+        print(f"wrote {target} (data.oe = {best})")
+    return 0
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "rank-oe", help="rank OE candidate sets by the dilation distance (paper Eq. 9)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rank candidate outlier-exposure sets by their dilation distance to the ID set\n"
+                    "(paper Eq. 9; smaller = more informative), one Ray task per candidate. Each set\n"
+                    "contributes the first --batches x --batch-size images of a --seed permutation,\n"
+                    "with eval transforms and the model in eval mode. Sets that are not role oe, hold\n"
+                    "fewer than --batch-size images or cannot be read are listed with the reason.\n"
+                    "Writes <out>/ranking.json; --select writes a config with data.oe = the best set.",
+        epilog="example:\n  python launch.py rank-oe --id data/demo/id_train --candidates data/demo/oe_* "
+               "\\\n      --backbone smallcnn --image-size 32 --k 16 --batch-size 64 --batches 8 "
+               "--seed 0 \\\n      --select configs/tiny.yaml --select-out results/rank-oe/tiny-oe.yaml")
+    p.add_argument("--id", required=True, help="ID shard dir (role id), e.g. the ID training set")
+    p.add_argument("--candidates", nargs="+", required=True, help="candidate OE shard dirs (role oe)")
+    p.add_argument("--checkpoint", help="a trained run's checkpoint_* folder (its backbone and "
+                                        "image size/normalisation)")
+    p.add_argument("--backbone", choices=BACKBONES, help="backbone when no --checkpoint (default resnet50)")
+    p.add_argument("--weights", default="", help="torchvision weights name (e.g. IMAGENET1K_V2) or a "
+                                                 "local .pth; default: random init")
+    p.add_argument("--k", type=int, default=16, help="top-k singular values (default 16)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--batches", type=int, default=10, help="batches per set at most (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="picks the images (and a random init)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the checkpoint's, else 256)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per task (fractions allowed)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per task, e.g. 0.25 (0: CPU)")
+    p.add_argument("--out", default="results/rank-oe", help="folder for ranking.json")
+    p.add_argument("--select", metavar="CONFIG", help="training config whose data.oe gets the best set")
+    p.add_argument("--select-out", metavar="PATH", help="where to write it (default <out>/selected.yaml)")
+    common(p)
+    p.set_defaults(run=run)
