@@ -42,7 +42,8 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet50"        # resnet50 | vgg16 | densenet121 | smallcnn
     weights: str = ""             # torchvision weights name (e.g. IMAGENET1K_V2) or a local .pth
-    channels_last: bool = True    # on GPU only
+    width: int = 32               # smallcnn only: channels of the first block (feature dim = 4 * width)
+    channels_last: bool = True    # NHWC memory format (faster with cuDNN and oneDNN)
     compile: bool = False
 
 

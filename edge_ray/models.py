@@ -93,7 +93,7 @@ def load_state_file(path: Path) -> dict:
     return state
 
 
-def build_model(name: str, num_classes: int, *, weights: str = "") -> MultiLabelNet:
+def build_model(name: str, num_classes: int, *, weights: str = "", width: int = 32) -> MultiLabelNet:
     """Build a backbone with a fresh ``num_classes`` head.
 
     ``weights``: "" (random init), a torchvision weights name for the backbone (downloaded
@@ -105,7 +105,7 @@ def build_model(name: str, num_classes: int, *, weights: str = "") -> MultiLabel
     if name == "smallcnn":
         if weights and not Path(weights).is_file():
             raise FileNotFoundError(f"smallcnn has no torchvision weights; {weights!r} is not a file")
-        body, dim = small_cnn()
+        body, dim = small_cnn(width)
         enum, path = None, Path(weights) if weights else None
     elif name in BACKBONES:
         enum, path = _resolve_weights(name, weights)

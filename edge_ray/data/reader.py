@@ -1,9 +1,12 @@
 """Training and evaluation loaders over WebDataset-format shards (DESIGN.md §2, §4).
 
-Three stages, kept apart so a GPU decoder (issue 9) can replace only the last:
+Three stages, kept apart so the GPU decoder replaces only the last:
   1. plan   (`plan.py`)    which positions each rank / DataLoader worker reads;
   2. read   (`records.py`) raw `Record`s (encoded bytes + labels), shuffled;
-  3. decode (here, `decode="cpu"`) PIL decode + transforms + batching in the workers.
+  3. decode `decode="cpu"`: PIL decode + transforms + batching in the workers (here);
+            `decode="gpu"`: the workers only parse headers and draw crops, the rank
+            decodes with nvJPEG and augments on the GPU (`gpu.py`); same samples,
+            labels, crops and steps; the CPU path when there is no CUDA.
 
 DDP contract: `len(train_loader(...))` is the same on every rank and iterating yields
 exactly that many batches, each ID sample at most once per epoch across all ranks,
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import plan
+from . import gpu, plan
 from .index import ShardIndex, read_labels
 from .plan import steps_per_epoch
 from .records import Record, read_positions, read_shard
@@ -28,7 +31,7 @@ from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transfo
 
 __all__ = ["TrainLoader", "EvalLoader", "train_loader", "eval_loader", "steps_per_epoch",
            "read_labels", "multi_hot"]
-DECODERS = ("cpu",)
+DECODERS = ("cpu", "gpu")
 
 
 def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_size: int,
@@ -36,12 +39,14 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  world_size: int, num_workers: int, hflip: bool = True,
                  crop_scale=(0.5, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
-                 pin_memory: bool = False) -> "TrainLoader":
+                 pin_memory: bool = False, device=None) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
 
     `oe_index=None` (methods without outlier exposure) yields `x_oe = None`.
+    `decode="gpu"` decodes on `device` (default: the current CUDA device) and yields
+    tensors already there; without CUDA it warns once and decodes on the CPU.
     """
     _check_role(id_index, "id")
     if oe_index is not None:
@@ -51,14 +56,16 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     if not id_index.classes:
         raise ValueError(f"ID set {id_index.name!r} lists no classes in its index.json")
     if decode not in DECODERS:
-        raise NotImplementedError(f"decode={decode!r}: only {DECODERS} exist (GPU decode: issue 9)")
+        raise ValueError(f"decode={decode!r}: choose one of {DECODERS}")
     _check_ranks(rank, world_size, num_workers)
+    decode_on = gpu.resolve_device(device) if decode == "gpu" else None
     stream = _TrainStream(
         id_index, oe_index, batch_size=batch_size, oe_batch_size=oe_batch_size, epoch=epoch,
         seed=seed, rank=rank, world_size=world_size, num_workers=max(1, num_workers),
         transform=train_transform(image_size, hflip=hflip, crop_scale=crop_scale, mean=mean, std=std),
-        shuffle_buffer=shuffle_buffer, return_keys=return_keys)
-    return TrainLoader(stream, num_workers, pin_memory)
+        shuffle_buffer=shuffle_buffer, return_keys=return_keys, packed=decode_on is not None)
+    decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on)
+    return TrainLoader(stream, num_workers, pin_memory, decoder)
 
 
 def eval_loader(index: ShardIndex, *, batch_size: int, image_size: int, rank: int = 0,
@@ -103,6 +110,23 @@ class _Loader:
 class TrainLoader(_Loader):
     """Iterating yields exactly `len(self)` batches, the same number on every rank."""
 
+    def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool,
+                 decoder: "gpu.BatchDecoder | None" = None):
+        super().__init__(stream, num_workers, pin_memory)
+        self.decoder = decoder
+
+    def _batches(self) -> Iterator:
+        batches = super()._batches()
+        if self.decoder is None:
+            return batches
+        return gpu.prefetch(batches, self._decode_packed, self.decoder.device)
+
+    def _decode_packed(self, batch: tuple) -> tuple:
+        """The GPU stage of one step: ID and OE through one nvJPEG call, labels moved along."""
+        packed_id, y, packed_oe, *keys = batch
+        x_id, x_oe = self.decoder(packed_id, packed_oe)
+        return (x_id, self.decoder.upload(y), x_oe, *keys)
+
     def __len__(self) -> int:
         return self.stream.steps
 
@@ -131,24 +155,27 @@ class _TrainStream(IterableDataset):
     """Per worker: its ID positions -> shuffle -> decode, zipped with an endless OE stream."""
 
     def __init__(self, id_index, oe_index, *, batch_size, oe_batch_size, epoch, seed, rank,
-                 world_size, num_workers, transform, shuffle_buffer, return_keys):
+                 world_size, num_workers, transform, shuffle_buffer, return_keys, packed=False):
         self.id_index, self.oe_index, self.transform = id_index, oe_index, transform
         self.batch_size, self.oe_batch_size = int(batch_size), int(oe_batch_size)
         if self.oe_batch_size < 1:
             raise ValueError(f"oe_batch_size={oe_batch_size} must be >= 1")
         self.epoch, self.seed, self.rank, self.world_size = int(epoch), int(seed), rank, world_size
         self.num_workers, self.shuffle_buffer, self.return_keys = num_workers, shuffle_buffer, return_keys
+        self.packed = packed  # yield `gpu.PackedBatch`es for the GPU stage instead of pixels
         self.steps = steps_per_epoch(id_index.num_samples, self.batch_size, world_size)
 
     def __iter__(self):
-        """The CPU decode stage over `record_batches` (a GPU stage would take the same input)."""
+        """The CPU decode stage over `record_batches`, or the worker half of the GPU one
+        (`gpu.pack_batch`: same records, same generators, crops drawn in the same order)."""
         worker = _worker_id(self.num_workers)
         seeds = (self.seed, self.epoch)
         id_gen = plan.rng(*seeds, plan.ID_AUGMENT, self.rank, worker)
         oe_gen = plan.rng(*seeds, plan.OE_AUGMENT, self.rank, worker)
+        stage = gpu.pack_batch if self.packed else _decode_batch
         for id_batch, oe_batch in self.record_batches(worker):
-            x_id = _decode_batch(id_batch, self.transform, id_gen)
-            x_oe = None if oe_batch is None else _decode_batch(oe_batch, self.transform, oe_gen)
+            x_id = stage(id_batch, self.transform, id_gen)
+            x_oe = None if oe_batch is None else stage(oe_batch, self.transform, oe_gen)
             batch = (x_id, multi_hot(id_batch, self.id_index.num_classes), x_oe)
             yield (*batch, [r.key for r in id_batch]) if self.return_keys else batch
 

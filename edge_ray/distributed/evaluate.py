@@ -16,7 +16,7 @@ def load_trained(checkpoint_dir: str) -> tuple[torch.nn.Module, Config, int]:
     state, _, config = load_checkpoint(checkpoint_dir)
     cfg = from_dict(config)
     num_classes = state["model"]["head.weight"].shape[0]
-    model = build_model(cfg.model.name, num_classes)
+    model = build_model(cfg.model.name, num_classes, width=cfg.model.width)
     model.load_state_dict(state["model"])
     return model, cfg, num_classes
 

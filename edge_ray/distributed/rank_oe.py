@@ -183,12 +183,12 @@ def _require_ranked(rows: list[dict]) -> list[dict]:
 
 def model_blob(model: MultiLabelNet, name: str) -> dict:
     """What a task needs to rebuild the model (no download on the workers)."""
-    return {"name": name, "num_classes": model.num_classes,
+    return {"name": name, "num_classes": model.num_classes, "width": model.feature_dim // 4,
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
 def model_from_blob(blob: dict) -> MultiLabelNet:
-    model = build_model(blob["name"], blob["num_classes"])
+    model = build_model(blob["name"], blob["num_classes"], width=blob["width"])
     model.load_state_dict(blob["state"])
     return model
 

@@ -36,7 +36,7 @@ def _probe_forward(cfg: Config, index, num_classes: int, model=None) -> None:
     """Push one real sample of a set through the eval transform and the backbone."""
     loader = eval_loader(index, batch_size=1, image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std)
     x, _, keys = next(iter(loader))
-    model = model or build_model(cfg.model.name, num_classes).eval()
+    model = model or build_model(cfg.model.name, num_classes, width=cfg.model.width).eval()
     try:
         with torch.no_grad():
             model(x)

@@ -8,6 +8,7 @@ checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 
 import ray.train
@@ -79,6 +80,8 @@ def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) -> ray.train.
 
 
 def train_loop_per_worker(cfg_dict: dict) -> None:
+    # Ray Train logs every report at INFO; the rank-0 JSON line below says the same, once.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = from_dict(cfg_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -88,27 +91,30 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     id_index = load_index(cfg.data.id_train, role="id")
     uses_oe = engine.USES_OE[cfg.loss.method]
     oe_index = load_index(cfg.data.oe, role="oe") if uses_oe else None
-    model = build_model(cfg.model.name, id_index.num_classes, weights=cfg.model.weights)
+    model = build_model(cfg.model.name, id_index.num_classes, weights=cfg.model.weights, width=cfg.model.width)
     on_gpu = device.type == "cuda"
-    if on_gpu and cfg.model.channels_last:
+    if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     if cfg.model.compile:
         model = torch.compile(model)
 
     def loader_for(epoch):
+        # decode="gpu" yields batches already on `device` (nvJPEG + GPU crops); engine's
+        # move to the device is then a no-op. Without CUDA it falls back to CPU decode.
         return train_loader(id_index, oe_index, batch_size=cfg.data.batch_size,
                             oe_batch_size=cfg.data.oe_batch_size, image_size=cfg.data.image_size,
                             epoch=epoch, seed=cfg.train.seed, rank=rank, world_size=world,
                             num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
-                            crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std)
+                            crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std,
+                            decode=cfg.data.decode, device=device)
 
     steps = len(loader_for(0))
     opt = engine.make_optimizer(model, cfg.train)
     sched = engine.make_scheduler(opt, cfg.train, steps)
     loss_fn = engine.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples)
     opts = engine.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
-                              channels_last=on_gpu and cfg.model.channels_last,
+                              channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
                               diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
     start, history, resumes = _load_checkpoint(model, opt, sched)

@@ -1,0 +1,442 @@
+"""End-to-end training throughput against the compute limit (issue 9).
+
+One run, one GPU, the same ResNet-50 EDGE step throughout (bf16 autocast, channels_last,
+128 ID + 128 OE images in one forward, SGD, the EDGE loss, `engine.train_step`):
+
+  (a) synthetic    batches resident in GPU memory, eager and torch.compile: the limit;
+  (b) ray, cpu     the project's Ray Train worker (`run_training`, 1 GPU worker) on JPEG
+                   shards, decoded by PIL in DataLoader workers (data.decode=cpu);
+  (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU);
+  (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
+                   no Ray: where (c) loses against (a), this says whether Ray is the cause.
+
+    python benchmarks/throughput.py --json throughput.json      # on a GPU host
+    python benchmarks/throughput.py --smoke                     # tiny, CPU, under a minute
+
+img/s counts ID + OE images. (a) times `--steps` steps after `--warmup` (compilation
+included in the warm-up, reported apart); (d) times one epoch after its first step
+(DataLoader start-up, reported apart). (b) and (c) read the worker's per-epoch
+`images_per_s`; the first epoch (compilation, cuDNN autotuning, cold page cache) is a
+warm-up and only later epochs count. An epoch there includes starting the DataLoader
+workers and filling their shuffle buffers, as real training does: bigger sets amortise
+it. (a) and (d) run in a child process so that the driver holds no GPU memory during
+(b) and (c); GPU memory of (b) and (c) is the peak of `nvidia-smi` during the run. Synthetic
+shards (gradient + noise JPEGs, quality 90, 4:2:0) are built in `--shards-dir`, or
+reused from there when an earlier run left the same sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# The Train controller polls its workers this often; 2 s (the default) adds idle seconds per run.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+NUM_CLASSES = 20
+
+
+# ------------------------------------------------------------------ shards
+
+
+def _jpeg(gen: np.random.Generator, size: int) -> bytes:
+    from PIL import Image
+
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    a, b = gen.uniform(0, 255, 3).astype(np.float32), gen.uniform(0, 255, 3).astype(np.float32)
+    base = a * ramp[:, None, None] / 2 + b * ramp[None, :, None] / 2
+    noise = gen.integers(-40, 41, (size, size, 3), dtype=np.int16)
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _write_shard(job) -> dict:
+    out, url, first, count, size, role, seed = job
+    gen = np.random.default_rng([seed, first])
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    with tarfile.open(Path(out) / url, "w") as tar:
+        for i in range(first, first + count):
+            labels = sorted(set(gen.integers(NUM_CLASSES, size=3).tolist())) if role == "id" else []
+            counts[labels] += 1
+            for ext, data in (("jpg", _jpeg(gen, size)), ("json", json.dumps({"labels": labels}).encode())):
+                info = tarfile.TarInfo(f"s{i:07d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return {"url": url, "num_samples": count, "counts": counts.tolist()}
+
+
+def make_set(out: Path, name: str, role: str, n: int, size: int, *, seed: int) -> Path:
+    """A DESIGN.md §4 shard set of n synthetic size x size JPEGs (no labels.parquet: the
+    trainer does not read it); kept when index.json says it already has these sizes."""
+    index = out / "index.json"
+    if index.is_file():
+        meta = json.loads(index.read_text())
+        if meta.get("num_samples") == n and meta.get("bench_source_size") == size:
+            return out
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per = 512 if n >= 4096 else max(1, n // 4)
+    jobs = [(str(out), f"{name}-{s:06d}.tar", first, min(per, n - first), size, role, seed)
+            for s, first in enumerate(range(0, n, per))]
+    with multiprocessing.get_context("fork").Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
+        shards = pool.map(_write_shard, jobs)
+    index.write_text(json.dumps({
+        "name": name, "role": role, "classes": [f"class{c}" for c in range(NUM_CLASSES)] if role == "id" else [],
+        "num_samples": n, "shards": [{"url": s["url"], "num_samples": s["num_samples"]} for s in shards],
+        "label_counts": np.sum([s["counts"] for s in shards], axis=0).tolist() if role == "id" else [],
+        "bench_source_size": size}))
+    return out
+
+
+# ------------------------------------------------------------------ (a) synthetic
+
+
+def synthetic(args) -> dict:
+    """(a): the step on batches already in GPU memory, eager then torch.compile."""
+    import torch
+
+    from edge_ray import engine
+    from edge_ray.config import LossConfig, TrainConfig
+    from edge_ray.models import build_model
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(args.model, NUM_CLASSES).to(device, memory_format=torch.channels_last)
+    loss_cfg = LossConfig(k=min(32, args.batch_size))
+    opt = engine.make_optimizer(model, TrainConfig())
+    sched = engine.make_scheduler(opt, TrainConfig(epochs=1), 2 * (args.warmup + args.steps))
+    loss_fn = engine.make_loss_fn(loss_cfg)
+    opts = engine.StepOptions(device=device, amp=cuda, channels_last=True, diag_k=loss_cfg.k,
+                              diag_m=loss_cfg.m, diag_gap=loss_cfg.gap)
+    s = args.image_size
+    batch = (torch.randn(args.batch_size, 3, s, s, device=device),
+             (torch.rand(args.batch_size, NUM_CLASSES, device=device) < 0.1).float(),
+             torch.randn(args.oe_batch_size, 3, s, s, device=device))
+    images = args.batch_size + args.oe_batch_size
+    out = {"device": describe_device(torch, device)}
+    for mode in ("eager", "compiled"):
+        net = model if mode == "eager" else torch.compile(model, backend=args.compile_backend)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            engine.train_step(net, batch, loss_fn, opt, sched, epoch=1, opts=opts)
+        sync(torch, device)
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            engine.train_step(net, batch, loss_fn, opt, sched, epoch=1, opts=opts)
+        sync(torch, device)
+        seconds = time.perf_counter() - start
+        out[mode] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
+                     "warmup_s": warm, "steps": args.steps,
+                     "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                     "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None}
+        print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
+    if "d" in args.parts.split(","):
+        del batch
+        out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts)
+    return out
+
+
+def loader_epoch(args, net, loss_fn, opt, opts) -> dict:
+    """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process."""
+    import torch
+
+    from edge_ray import engine
+    from edge_ray.data import gpu, load_index, train_loader
+
+    shards = Path(args.shards_dir)
+    loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
+                          batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
+                          image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
+                          num_workers=args.loader_workers, decode="gpu", device=opts.device)
+    cuda = opts.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(opts.device)
+    start, first, images = time.perf_counter(), None, 0
+    for step, batch in enumerate(loader):
+        engine.train_step(net, batch, loss_fn, opt, None, epoch=1, opts=opts)
+        if step == 0:
+            first = time.perf_counter()  # DataLoader start-up and the first decode
+        else:
+            images += batch[0].shape[0] + batch[2].shape[0]
+    end = time.perf_counter()
+    steps = len(loader)
+    rate = images / (end - first) if steps > 1 else float("nan")
+    print(f"(d) in-process GPU-decode loader: {rate:.1f} img/s after the first step", flush=True)
+    return {"img_per_s": rate, "steps": steps, "first_step_s": first - start,
+            "img_per_s_incl_first_step": (images + args.batch_size + args.oe_batch_size) / (end - start),
+            "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(opts.device) / 2**30 if cuda else None}
+
+
+def sync(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_device(torch, device) -> dict:
+    import torchvision
+
+    info = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(card=props.name, memory_gib=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version())
+    else:
+        info["card"] = "cpu"
+    return info
+
+
+def run_synthetic_child(argv: list[str], shards: Path, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="throughput-a-") as tmp:
+        out = Path(tmp) / "a.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--shards-dir", str(shards),
+               "--synthetic-child", str(out)]
+        proc = subprocess.run(cmd, timeout=timeout)
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"the synthetic child exited with {proc.returncode}")
+        return json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------ (b), (c) Ray Train
+
+
+class GpuMemoryPeak:
+    """Peak `nvidia-smi` memory.used (GiB) of GPU 0 while the block runs; None without it."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak, self._stop = interval, None, threading.Event()
+        self.available = shutil.which("nvidia-smi") is not None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                text = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                       "-i", "0"], capture_output=True, text=True, timeout=5).stdout
+                used = float(text.strip().splitlines()[0]) / 1024
+                self.peak = used if self.peak is None else max(self.peak, used)
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+
+    def __enter__(self):
+        if self.available:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.available:
+            self._thread.join()
+
+
+def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gpu: bool) -> dict:
+    """(b) or (c): `run_training` with one Ray Train worker; img/s of the epochs after the first."""
+    from edge_ray.config import from_dict
+    from edge_ray.distributed.trainer import run_training
+
+    cpus = os.cpu_count() or 2
+    cfg = from_dict({
+        "data": {"id_train": str(id_dir), "oe": str(oe_dir), "image_size": args.image_size,
+                 "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
+                 "loader_workers": args.loader_workers, "decode": decode},
+        "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker},
+        "loss": {"method": "edge", "k": min(32, args.batch_size)},
+        "train": {"epochs": args.epochs, "num_workers": 1, "use_gpu": use_gpu, "amp": True,
+                  "cpus_per_worker": float(max(1, cpus - 1)), "storage_path": str(storage),
+                  "run_name": f"throughput-{decode}-{int(time.time())}", "val_every": 0, "num_to_keep": 1}})
+    start = time.perf_counter()
+    with GpuMemoryPeak() as memory:
+        summary = run_training(cfg)
+    epochs = [{k: h[k] for k in ("epoch", "steps", "images", "seconds", "images_per_s")} for h in summary.history]
+    counted = [e for e in epochs if e["epoch"] > 1] or epochs
+    rate = sum(e["images"] for e in counted) / sum(e["seconds"] for e in counted)
+    print(f"({'b' if decode == 'cpu' else 'c'}) ray, {decode} decode: {rate:.1f} img/s", flush=True)
+    return {"img_per_s": rate, "decode": decode, "epochs": epochs, "wall_s": time.perf_counter() - start,
+            "peak_gpu_memory_gib": memory.peak, "compile": args.compile_worker,
+            "loader_workers": args.loader_workers}
+
+
+def start_ray(args, use_gpu: bool) -> None:
+    import ray
+
+    # Ray's processes inherit this environment: the workers find edge_ray through it.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), num_gpus=1 if use_gpu else 0,
+             include_dashboard=False, log_to_driver=not args.smoke)
+
+
+# ------------------------------------------------------------------ report
+
+
+ROWS = [("a_eager", "(a) synthetic, eager"), ("a_compiled", "(a) synthetic, torch.compile"),
+        ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode"),
+        ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode"),
+        ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader")]
+
+
+def summarise(results: dict, smoke: bool = False) -> dict:
+    a = results.get("a_synthetic", {})
+    rates = {"a_eager": a.get("eager", {}).get("img_per_s"), "a_compiled": a.get("compiled", {}).get("img_per_s"),
+             "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("img_per_s"),
+             "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("img_per_s"),
+             "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s")}
+    ratio = {k: (v / rates["a_compiled"] if v and rates["a_compiled"] else None) for k, v in rates.items()}
+    memory = {"a_eager": a.get("eager", {}).get("peak_reserved_gib"),
+              "a_compiled": a.get("compiled", {}).get("peak_reserved_gib"),
+              "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("peak_gpu_memory_gib"),
+              "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("peak_gpu_memory_gib"),
+              "d_in_process_gpu_decode": a.get("in_process", {}).get("peak_reserved_gib")}
+    c = ratio["c_ray_gpu_decode"]
+    known = [m for m in memory.values() if m is not None]
+    return {"img_per_s": rates, "ratio_to_a_compiled": ratio, "gpu_memory_gib": memory,
+            "target": {"c_over_a_compiled_min": 0.95, "memory_max_gib": 60,
+                       "met": None if c is None or smoke else bool(c >= 0.95 and all(m < 60 for m in known))}}
+
+
+def table(summary: dict, meta: dict) -> str:
+    dev = meta.get("device", {})
+    lines = [f"card: {dev.get('card', '?')} | torch {dev.get('torch', '?')} | torchvision "
+             f"{dev.get('torchvision', '?')} | CUDA {dev.get('cuda', '?')} | ray {meta.get('ray', '?')} | "
+             f"Python {meta.get('python')} | {meta.get('cpus')} CPUs",
+             f"model {meta['model']}, {meta['image_size']}px, batch {meta['batch_size']} ID + "
+             f"{meta['oe_batch_size']} OE, {meta['id_images']} ID / {meta['oe_images']} OE JPEGs of "
+             f"{meta['source_size']}px, {meta['loader_workers']} loader workers", "",
+             "| measurement | img/s | × (a) compiled | GPU memory GiB |", "|---|---:|---:|---:|"]
+    for key, label in ROWS:
+        rate, ratio = summary["img_per_s"][key], summary["ratio_to_a_compiled"][key]
+        mem = summary["gpu_memory_gib"][key]
+        lines.append(f"| {label} | {'—' if rate is None else f'{rate:,.0f}'} | "
+                     f"{'—' if ratio is None else f'{ratio:.2f}'} | {'—' if mem is None else f'{mem:.1f}'} |")
+    met = summary["target"]["met"]
+    verdict = "n/a" if met is None else "met" if met else "NOT met"
+    lines += ["", f"target (c) >= 0.95 x (a) compiled and < 60 GiB: {verdict}"]
+    return "\n".join(lines)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, smallcnn, CPU-friendly")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--shards-dir", help="build (or reuse) the JPEG shard sets here (default: a temp dir)")
+    p.add_argument("--parts", default="a,d,c,b", help="which of a, b, c, d to run; b and c in this order")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--id-images", type=int, default=32768)
+    p.add_argument("--oe-images", type=int, default=4096)
+    p.add_argument("--source-size", type=int, default=320, help="side of the synthetic JPEGs")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--oe-batch-size", type=int, default=128)
+    p.add_argument("--loader-workers", type=int, default=14)
+    p.add_argument("--epochs", type=int, default=2, help="Ray runs: the first is a warm-up")
+    p.add_argument("--warmup", type=int, default=15, help="(a): steps before timing")
+    p.add_argument("--steps", type=int, default=40, help="(a): timed steps")
+    p.add_argument("--compile-backend", default="inductor", help="(a) compiled: torch.compile backend")
+    p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
+                   help="(b), (c): run the worker's model eager (model.compile=false)")
+    p.add_argument("--synthetic-timeout", type=float, default=400)
+    p.add_argument("--synthetic-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.id_images, args.oe_images, args.source_size, args.image_size = "smallcnn", 48, 24, 40, 32
+        args.batch_size = args.oe_batch_size = 8
+        args.loader_workers, args.warmup, args.steps, args.epochs = 1, 2, 3, 1
+        args.compile_backend, args.compile_worker = "eager", False  # dynamo only: no C++ build on CI
+    return args
+
+
+def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.synthetic_child:
+        if args.smoke:  # a busy 2-core CI box makes 2-thread CPU kernels erratic
+            __import__("torch").set_num_threads(1)
+        Path(args.synthetic_child).write_text(json.dumps(synthetic(args)))
+        return {}
+    import torch
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if set(parts) - {"a", "b", "c", "d"}:
+        raise SystemExit(f"--parts {args.parts!r}: choose from a, b, c, d")
+    use_gpu = torch.cuda.is_available()  # no CUDA context in this process: (a) runs in a child
+    meta = {k: getattr(args, k) for k in ("model", "image_size", "batch_size", "oe_batch_size", "id_images",
+                                          "oe_images", "source_size", "loader_workers", "epochs", "smoke")}
+    meta.update(python=platform.python_version(), cpus=os.cpu_count(), machine=platform.platform(),
+                device={"card": "cpu", "torch": torch.__version__}, started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    results: dict = {}
+
+    def save() -> dict:
+        report = {"meta": meta, "results": results, "summary": summarise(results, args.smoke)}
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
+        return report
+
+    def attempt(key: str, fn) -> None:
+        start = time.perf_counter()
+        try:
+            results[key] = fn()
+        except Exception as err:  # one failed part must not lose the others
+            traceback.print_exc()
+            results[key] = {"error": f"{type(err).__name__}: {err}"}
+        results[key]["part_s"] = round(time.perf_counter() - start, 1)
+        print(f"{key}: {results[key]['part_s']}s", flush=True)
+        save()
+
+    tmp = Path(tempfile.mkdtemp(prefix="throughput-"))
+    shards = Path(args.shards_dir) if args.shards_dir else tmp / "shards"
+    try:
+        if {"b", "c", "d"} & set(parts):
+            start = time.perf_counter()
+            id_dir = make_set(shards / "id", "bench-id", "id", args.id_images, args.source_size, seed=0)
+            oe_dir = make_set(shards / "oe", "bench-oe", "oe", args.oe_images, args.source_size, seed=1)
+            meta["shards_s"] = round(time.perf_counter() - start, 1)
+            print(f"shards ready in {meta['shards_s']}s: {shards}", flush=True)
+        if {"a", "d"} & set(parts):  # d needs a's compiled model
+            attempt("a_synthetic", lambda: run_synthetic_child(argv, shards, args.synthetic_timeout))
+            meta["device"] = results["a_synthetic"].get("device", meta["device"])
+        ray_parts = [p for p in parts if p in ("b", "c")]  # in the order asked for
+        if ray_parts:
+            import ray
+
+            meta["ray"] = ray.__version__
+            start_ray(args, use_gpu)
+            try:
+                for part in ray_parts:
+                    decode = "cpu" if part == "b" else "gpu"
+                    attempt(f"{part}_ray_{decode}_decode",
+                            lambda: ray_run(args, decode, id_dir, oe_dir, tmp / "runs", use_gpu))
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report = save()
+    print(table(report["summary"], meta), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()

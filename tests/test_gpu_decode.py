@@ -1,0 +1,285 @@
+"""The GPU decode stage (`edge_ray.data.gpu`, `train_loader(decode="gpu")`).
+
+On a CPU-only machine: the fallback is the CPU path itself; the GPU stage's own code
+(worker-side packing, rank-side crop/resize, the prefetch thread) runs on CPU tensors
+and must give the CPU path's samples, labels, steps and crop boxes. With CUDA: nvJPEG
+against PIL, and whole batches against the CPU path.
+
+Tolerances, in 0..255 pixel units:
+  * resize: PIL resamples in two passes through a uint8 intermediate and rounds its
+    output, torch stays in float: at most 1 apart (measured 0.3 mean, 1.0 max);
+  * draft: the CPU path may decode a JPEG at 1/2..1/8 scale (DCT scaling) where the GPU
+    path decodes in full and antialiases; on smooth images the mean stays under 1.5;
+  * nvJPEG vs libjpeg-turbo (IDCT and chroma upsampling differ): mean under 2, the bound
+    torchvision's own test of `decode_jpeg(device="cuda")` uses. A whole batch may add
+    the resize's 1, so batches are held to a mean of 3 with no single image over 6 (a
+    crop off by even a few pixels of a textured image is far above that).
+"""
+import io
+import json
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from edge_ray.data import gpu, load_index, train_loader, train_transform
+from edge_ray.data.reader import _decode_batch
+from edge_ray.data.records import Record
+from edge_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image
+
+# torchvision >= 0.29 announces that its decoders move to TorchCodec; 0.26 on the GPU host does not.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+C = 4
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU with nvJPEG")
+
+
+def picture(i: int, width: int, height: int) -> np.ndarray:
+    """Smooth colour waves plus mild noise: textured enough that a misplaced crop shows."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    gen = np.random.default_rng(i)
+    f = gen.uniform(5, 20, 3)
+    rgb = np.stack([128 + 90 * np.sin(xx / f[0] + i), 128 + 90 * np.cos(yy / f[1] - i),
+                    128 + 90 * np.sin((xx + yy) / f[2])], -1)
+    return np.clip(rgb + gen.normal(0, 4, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def encode(arr, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    (arr if isinstance(arr, Image.Image) else Image.fromarray(arr)).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def sample(i: int) -> tuple[str, bytes]:
+    """Mostly baseline RGB JPEGs of assorted sizes, some PNG, grey and CMYK JPEG."""
+    width, height = [(40, 30), (64, 48), (120, 90), (33, 57)][i % 4]
+    arr = picture(i, width, height)
+    if i % 7 == 3:
+        return "png", encode(arr, "PNG")
+    if i % 7 == 5:
+        return "jpg", encode(arr[..., 0], "JPEG", quality=92)
+    if i % 11 == 6:
+        return "jpg", encode(Image.fromarray(arr).convert("CMYK"), "JPEG", quality=92)
+    return "jpg", encode(arr, "JPEG", quality=92)
+
+
+def make_set(root: Path, name: str, role: str, sizes, start: int = 0) -> Path:
+    out = root / name
+    out.mkdir(parents=True)
+    shards, i = [], start
+    for s, n in enumerate(sizes):
+        url = f"{name}-{s:06d}.tar"
+        with tarfile.open(out / url, "w") as tar:
+            for _ in range(n):
+                ext, data = sample(i)
+                labels = sorted({i % C, (5 * i + 1) % C}) if role == "id" else []
+                for member, payload in ((f"k{i:05d}.{ext}", data),
+                                        (f"k{i:05d}.json", json.dumps({"labels": labels}).encode())):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+                i += 1
+        shards.append({"url": url, "num_samples": n})
+    (out / "index.json").write_text(json.dumps({
+        "name": name, "role": role, "classes": [f"c{c}" for c in range(C)] if role == "id" else [],
+        "num_samples": sum(sizes), "shards": shards, "label_counts": []}))
+    return out
+
+
+@pytest.fixture()
+def sets(tmp_path):
+    id_dir = make_set(tmp_path, "toy", "id", [13, 11, 12])
+    oe_dir = make_set(tmp_path, "oe", "oe", [9], start=500)
+    return load_index(id_dir, role="id"), load_index(oe_dir, role="oe")
+
+
+def epoch(sets, *, decode, device=None, rank=0, world_size=2, num_workers=2, epoch=1, image_size=16):
+    loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=image_size, epoch=epoch,
+                          seed=7, rank=rank, world_size=world_size, num_workers=num_workers,
+                          return_keys=True, decode=decode, device=device)
+    return len(loader), list(loader)
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    """Normalised batch -> 0..255 pixel units, on the CPU."""
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    return (x.detach().float().cpu() * std + mean) * 255
+
+
+def assert_same_epochs(a, b, *, mean_tol: float, image_tol: float) -> None:
+    """Same steps, keys and labels in the same order; images within tolerance."""
+    (len_a, batches_a), (len_b, batches_b) = a, b
+    assert len_a == len_b == len(batches_a) == len(batches_b)
+    for (xa, ya, oa, ka), (xb, yb, ob, kb) in zip(batches_a, batches_b):
+        assert ka == kb
+        assert torch.equal(ya.cpu(), yb.cpu())
+        for u, v in ((xa, xb), (oa, ob)):
+            assert u.shape == v.shape and u.dtype == v.dtype == torch.float32
+            per_image = (pixels(u) - pixels(v)).abs().mean(dim=(1, 2, 3))
+            assert per_image.mean() < mean_tol and per_image.max() < image_tol, per_image
+
+
+def test_gpu_decode_without_cuda_is_the_cpu_path(sets, monkeypatch):
+    monkeypatch.setattr(gpu, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="needs a CUDA device"):
+        fallback = epoch(sets, decode="gpu", device="cpu")
+    cpu = epoch(sets, decode="cpu")
+    assert_same_epochs(fallback, cpu, mean_tol=1e-9, image_tol=1e-9)  # bit-identical
+    assert all(not x.is_cuda for x, *_ in fallback[1])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_gpu_stage_on_cpu_tensors_matches_cpu_path(sets, monkeypatch, rank):
+    """The packing workers, the decoder and the prefetch thread, run on the CPU: same
+    samples, labels and steps per epoch, same crops (within the resize tolerance)."""
+    monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
+    packed = epoch(sets, decode="gpu", rank=rank)
+    cpu = epoch(sets, decode="cpu", rank=rank)
+    assert_same_epochs(packed, cpu, mean_tol=1.5, image_tol=3.0)
+
+
+def test_epoch_and_seed_semantics_carry_over(sets, monkeypatch):
+    monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
+    keys = {e: [k for b in epoch(sets, decode="gpu", epoch=e, world_size=1, num_workers=1)[1]
+                for k in b[3]] for e in (0, 1)}
+    assert keys[0] != keys[1] and len(set(keys[0])) == len(keys[0])
+    again = [k for b in epoch(sets, decode="gpu", epoch=0, world_size=1, num_workers=1)[1] for k in b[3]]
+    assert again == keys[0]
+
+
+def records(indices) -> list[Record]:
+    out = []
+    for i in indices:
+        ext, data = sample(i)
+        out.append(Record(key=f"k{i}", ext=ext, data=data, labels=(), shard="mem"))
+    return out
+
+
+@pytest.mark.parametrize("image_size", [16, 48])
+def test_mixed_batch_jpeg_png_grey_cmyk(image_size):
+    batch = records([0, 3, 5, 6, 2, 10])  # RGB JPEG, PNG, grey JPEG, CMYK JPEG, drafted JPEG, PNG
+    t = train_transform(image_size)
+    packed = gpu.pack_batch(batch, t, np.random.default_rng(1))
+    assert packed.on_gpu == [True, False, True, False, True, False]
+    assert len(packed) == 6 and len(packed.encoded_sizes) == 3
+    (x,) = gpu.BatchDecoder(image_size, IMAGENET_MEAN, IMAGENET_STD, "cpu")(packed)
+    ref = _decode_batch(batch, t, np.random.default_rng(1))
+    assert x.shape == ref.shape == (6, 3, image_size, image_size)
+    assert (pixels(x) - pixels(ref)).abs().mean(dim=(1, 2, 3)).max() < 1.5
+
+
+@pytest.mark.parametrize("size,image_size", [((320, 320), 256), ((120, 90), 16), ((33, 57), 48)])
+def test_crop_resize_matches_pil_geometry(size, image_size):
+    """Noise images: a box off by one pixel would differ by tens of levels, not by < 1."""
+    gen = np.random.default_rng(0)
+    arr = gen.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img, t = Image.fromarray(arr), train_transform(image_size)
+    tensor = torch.from_numpy(arr).permute(2, 0, 1)
+    for _ in range(10):
+        top, left, h, w, flip = t.sample_crop(*size, gen)
+        ref = TF.resized_crop(img, top, left, h, w, [image_size, image_size], antialias=True)
+        ref = torch.from_numpy(np.array(TF.hflip(ref) if flip else ref)).permute(2, 0, 1).float()
+        out = gpu.crop_resize(tensor, (top, left, h, w), flip, image_size)
+        assert out.dtype == torch.float32 and (out - ref).abs().max() <= 1.01
+
+
+@pytest.mark.parametrize("size,image_size", [((64, 48), 8), ((500, 375), 32), ((640, 480), 256),
+                                             ((1001, 333), 16), ((120, 90), 16)])
+def test_jpeg_geometry_reproduces_the_cpu_draft(size, image_size):
+    data = encode(picture(1, *size), "JPEG")
+    t = train_transform(image_size)
+    width, height, seen, scale = gpu.jpeg_geometry(data, t.min_decode_size)
+    assert (width, height) == size
+    assert seen == decode_image(data, min_size=t.min_decode_size).size
+    assert scale in (1, 2, 4, 8) and seen == (-(-width // scale), -(-height // scale))
+    # the last drafted pixel row/column may be partial: boxes are clipped to the image
+    top, left, h, w = gpu.scale_box((seen[1] - 1, seen[0] - 1, 1, 1), scale, height, width)
+    assert top + h == height and left + w == width
+
+
+def test_non_jpeg_and_bad_bytes():
+    t = train_transform(16)
+    assert gpu.jpeg_geometry(encode(picture(0, 20, 20), "PNG"), t.min_decode_size) is None
+    bad = Record(key="broken", ext="jpg", data=gpu.JPEG_MAGIC + b"\x00" * 50, labels=(), shard="s.tar")
+    with pytest.raises(ValueError, match="key 'broken'"):
+        gpu.pack_batch([bad], t, np.random.default_rng(0))
+
+
+def test_prefetch_order_errors_and_early_close():
+    cpu = torch.device("cpu")
+    assert list(gpu.prefetch(range(10), lambda i: i * i, cpu)) == [i * i for i in range(10)]
+
+    def boom(i):
+        if i == 3:
+            raise KeyError("bad batch 3")
+        return i
+    with pytest.raises(KeyError, match="bad batch 3"):
+        list(gpu.prefetch(range(10), boom, cpu))
+
+    started = threading.active_count()
+    it = gpu.prefetch(iter(range(1000)), lambda i: i, cpu, depth=2)
+    assert next(it) == 0
+    it.close()
+    deadline = time.time() + 5
+    while threading.active_count() > started and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= started
+
+
+def test_resolve_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(gpu, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="CPU decode path"):
+        assert gpu.resolve_device("cpu") is None
+
+
+# ------------------------------------------------------------------ with a GPU
+
+
+@needs_cuda
+def test_nvjpeg_equals_pil_within_decoder_tolerance():
+    arrays = [picture(i, w, h) for i, (w, h) in enumerate([(320, 320), (500, 375), (257, 131), (64, 48)])]
+    files = [encode(a, "JPEG", quality=q, subsampling=s)
+             for a, (q, s) in zip(arrays, [(90, 2), (95, 0), (75, 1), (90, 2)])]
+    files.append(encode(arrays[0][..., 1], "JPEG", quality=90))  # greyscale
+    device = gpu.resolve_device()
+    assert device is not None and device.type == "cuda"
+    data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
+    for f, img in zip(files, gpu.decode_jpeg(data, device)):
+        assert img.is_cuda and img.dtype == torch.uint8
+        ref = torch.from_numpy(np.array(decode_image(f))).permute(2, 0, 1)
+        assert img.shape == ref.shape
+        assert (img.cpu().float() - ref.float()).abs().mean() < 2.0
+
+
+@needs_cuda
+@pytest.mark.parametrize("image_size", [16, 64])
+def test_gpu_batches_equal_cpu_batches(sets, image_size):
+    on_gpu = epoch(sets, decode="gpu", image_size=image_size)
+    assert all(x.is_cuda and y.is_cuda and o.is_cuda for x, y, o, _ in on_gpu[1])
+    cpu = epoch(sets, decode="cpu", image_size=image_size)
+    assert_same_epochs(on_gpu, cpu, mean_tol=3.0, image_tol=6.0)
+
+
+@needs_cuda
+def test_gpu_batches_feed_a_training_step(sets):
+    """Batches from the side stream are used on the default stream: no copy, no race."""
+    from edge_ray import engine
+    from edge_ray.config import LossConfig, TrainConfig
+    from edge_ray.models import build_model
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = build_model("smallcnn", C).to(device)
+    opts = engine.StepOptions(device=device, amp=True, channels_last=True)
+    opt = engine.make_optimizer(model, TrainConfig())
+    loss_fn = engine.make_loss_fn(LossConfig(k=2))
+    loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=32, epoch=0, seed=0,
+                          rank=0, world_size=1, num_workers=2, decode="gpu", device=device)
+    stats = engine.train_epoch(model, loader, loss_fn, opt, None, epoch=0, opts=opts)
+    assert stats["steps"] == len(loader) and np.isfinite(stats["loss"])
