@@ -59,6 +59,25 @@ def markdown_table(results: dict, *, part: str = "all") -> str:
     return "\n".join(lines)
 
 
+def compact_table(results: dict, scores=("jointenergy",), *, part: str = "all") -> str:
+    """FPR95 / AUROC (%) per OOD set for the given scores, one row per training: the
+    headline a terminal can show (the full table is in table.md)."""
+    first = next(iter(results.values()))
+    sets = list(first["ood_sets"])
+    lines = ["| training | score | " + " | ".join(s.removeprefix("ood_") for s in sets) + " | mAP |",
+             "|---|---|" + "---|" * (len(sets) + 1)]
+    for training, res in results.items():
+        for score in scores:
+            if score not in res["scores"]:
+                continue
+            cells = []
+            for s in sets:
+                m = res["scores"][score][s] if part == "all" else res["scores"][score][s]["tail"]
+                cells.append("–" if m is None else f"{100 * m['fpr95']:.1f} / {100 * m['auroc']:.1f}")
+            lines.append(f"| {training} | {score} | " + " | ".join(cells) + f" | {100 * res['map']:.1f} |")
+    return "\n".join(lines)
+
+
 def _plot_histograms(results: dict, out: Path) -> list[Path]:
     paths = []
     for training, res in results.items():

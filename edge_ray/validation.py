@@ -55,20 +55,20 @@ def check_logits_pair(logits_id, targets, logits_oe=None) -> None:
         check_finite(logits_oe, "OE logits")
 
 
-def as_float64_vector(x, name: str) -> np.ndarray:
-    """A 1-D, non-empty, finite float64 array, or a ValueError saying which of those failed."""
+def _as_float64(x, name: str, ndim: int, what: str) -> np.ndarray:
     arr = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D scores, got shape {arr.shape}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {what}, got shape {arr.shape}")
     check_nonempty(arr, name)
     check_finite(arr, name)
     return arr
+
+
+def as_float64_vector(x, name: str) -> np.ndarray:
+    """A 1-D, non-empty, finite float64 array, or a ValueError saying which of those failed."""
+    return _as_float64(x, name, 1, "1-D scores")
 
 
 def as_float64_matrix(x, name: str) -> np.ndarray:
-    arr = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {arr.shape}")
-    check_nonempty(arr, name)
-    check_finite(arr, name)
-    return arr
+    """A 2-D, non-empty, finite float64 array, or a ValueError saying which of those failed."""
+    return _as_float64(x, name, 2, "a 2-D matrix")
