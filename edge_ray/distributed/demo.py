@@ -19,10 +19,9 @@ from edge_ray.config import Config, load_config
 # What each stage costs is set here so `--quick` and the default stay within their budgets
 # on 2 cores (README: about 1 and 5 minutes).
 PRESETS = {
-    "quick": {"sizes": dict(quick=True), "epochs": 4, "tau": 1},
-    "full": {"sizes": dict(quick=False), "epochs": 8, "tau": 2},
+    "quick": {"sizes": dict(quick=True, n_train=2000), "epochs": 4, "tau": 1, "methods": ("bce", "edge")},
+    "full": {"sizes": dict(quick=False), "epochs": 7, "tau": 2, "methods": ("bce", "oe", "energy_oe", "edge")},
 }
-METHODS = ("bce", "oe", "energy_oe", "edge")
 BCE_SCORES = ("maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy")
 OE_SCORES = ("maxenergy", "jointenergy")
 OOD_SETS = ("ood_digits89", "ood_letters", "ood_flower_edges", "ood_scribble", "ood_blobs", "ood_flower")
@@ -36,7 +35,8 @@ def add_parser(sub, common) -> None:
                               "  python launch.py demo --out results/demo-seed1 --seed 1")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--data", default=None, help="where the benchmark shards go (default: data/demo or data/demo-quick)")
-    p.add_argument("--quick", action="store_true", help="smaller sets and fewer epochs (about 1 minute)")
+    p.add_argument("--quick", action="store_true", help="a quarter of the data, fewer epochs, BCE and EDGE only "
+                   "(about 1 minute)")
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training")
     p.add_argument("--oe", default="ranked", help="OE set for OE/EnergyOE/EDGE: 'ranked' (the smallest "
                    "dilation distance) or a set name such as oe_letters")
@@ -45,7 +45,7 @@ def add_parser(sub, common) -> None:
 
 
 def demo_config(data: Path, out: Path, preset: dict, seed: int) -> Config:
-    """The small-CNN recipe of BENCHMARK-NOTES.md: AdamW one-cycle, 128 ID + 128 OE per step."""
+    """The small-CNN recipe of configs/demo.yaml with the preset's epochs and tau."""
     base = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
     return replace(base,
                    data=replace(base.data, id_train=str(data / "id_train"), id_val=str(data / "id_val"),
@@ -70,7 +70,9 @@ def build_shards(data: Path, preset: dict, seed: int) -> dict:
     stamp = data / "benchmark.json"
     if stamp.is_file():
         bench = json.loads(stamp.read_text())
-        if bench.get("seed") == seed and bench.get("quick") == preset["sizes"]["quick"]:
+        sizes = {s["num_samples"] for n, s in bench.get("sets", {}).items() if n == "id_train"}
+        want = preset["sizes"].get("n_train")
+        if bench.get("seed") == seed and bench.get("quick") == preset["sizes"]["quick"] and (want is None or sizes == {want}):
             print(f"[1/5] benchmark shards already in {data} (seed {seed}); reusing them")
             return bench
     t = time.perf_counter()
@@ -111,8 +113,8 @@ def run(args) -> int:
     ranking = rank_candidates(checkpoints["bce"], data, bench, out, seed=args.seed)
     oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
     print(f"      OE set for training: {oe_name}")
-    for method in METHODS[1:]:
-        checkpoints[method] = train(cfg, method, str(data / oe_name), f"[4/5]")
+    for method in preset["methods"][1:]:
+        checkpoints[method] = train(cfg, method, str(data / oe_name), "[4/5]")
     results = evaluate_all(checkpoints, cfg, out)
     elapsed = time.perf_counter() - start
     _finish(results, ranking, oe_name, out, elapsed, args)
@@ -158,16 +160,18 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: Path) -> dict:
 
 
 def _finish(results: dict, ranking: list, oe_name: str, out: Path, elapsed: float, args) -> None:
-    from edge_ray.report import markdown_table, write_results
+    from edge_ray.report import compact_table, write_results
 
     paths = write_results(results, out, extra={"oe_ranking": ranking, "oe_used": oe_name,
                                                "seed": args.seed, "quick": args.quick,
                                                "wall_seconds": round(elapsed, 1)})
-    print()
-    print(markdown_table(results))
-    print()
-    print("Tail-only ID test images:")
-    print(markdown_table(results, part="tail"))
+    print("\nFPR95 / AUROC (%) per OOD set, all ID test images (full table with AUPR and every score: table.md)")
+    print(compact_table(results, ("jointenergy", "maxenergy")))
+    print("\nthe same on tail-only ID test images (every label a minority class)")
+    print(compact_table(results, ("jointenergy", "maxenergy"), part="tail"))
+    if "bce" in results:
+        print("\npost-hoc scores on the BCE model, all ID test images")
+        print(compact_table({"bce": results["bce"]}, BCE_SCORES))
     print()
     print(f"finished in {elapsed:.0f}s. results: {paths['json']}, {paths['markdown']}, {paths['csv']}")
     print("plots: " + ", ".join(str(p) for p in paths["plots"]))
