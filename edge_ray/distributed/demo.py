@@ -22,6 +22,7 @@ PRESETS = {
     "quick": {"sizes": dict(quick=True, n_train=2000), "epochs": 4, "tau": 1, "methods": ("bce", "edge")},
     "full": {"sizes": dict(quick=False), "epochs": 7, "tau": 2, "methods": ("bce", "oe", "energy_oe", "edge")},
 }
+NAMES = {"bce": "BCE", "oe": "OE", "energy_oe": "EnergyOE", "edge": "EDGE"}
 BCE_SCORES = ("maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy")
 OE_SCORES = ("maxenergy", "jointenergy")
 OOD_SETS = ("ood_digits89", "ood_letters", "ood_flower_edges", "ood_scribble", "ood_blobs", "ood_flower")
@@ -54,10 +55,11 @@ def demo_config(data: Path, out: Path, preset: dict, seed: int) -> Config:
                    train=replace(base.train, epochs=preset["epochs"], seed=seed, storage_path=str(out / "runs")))
 
 
-def _banner(args, data: Path, out: Path) -> None:
+def _banner(args, preset: dict, data: Path, out: Path) -> None:
     mode = "quick" if args.quick else "full"
+    later = " / ".join(NAMES[m] for m in preset["methods"][1:])
     print("=" * 78)
-    print(f"EDGE on Ray demo ({mode}): embedded benchmark -> BCE -> OE ranking -> OE / EnergyOE / EDGE")
+    print(f"EDGE on Ray demo ({mode}): embedded benchmark -> BCE -> OE ranking -> {later}")
     print(f"  shards: {data}   results: {out}   seed: {args.seed}")
     print("  ID: digit canvases, 7 long-tailed classes; OOD: unseen digits, letters, photo edges,")
     print("  scribbles, blobs, photo crops. Every number below is measured by this run.")
@@ -104,7 +106,7 @@ def run(args) -> int:
     preset = PRESETS["quick" if args.quick else "full"]
     out = Path(args.out).resolve()
     data = Path(args.data or ("data/demo-quick" if args.quick else "data/demo")).resolve()
-    _banner(args, data, out)
+    _banner(args, preset, data, out)
     start = time.perf_counter()
     bench = build_shards(data, preset, args.seed)
     connect(args.address)
@@ -147,7 +149,8 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: Path) -> dict:
     from edge_ray.distributed.evaluate import load_trained
     from edge_ray.evaluation import EvalOptions, evaluate, open_sets
 
-    print("[5/5] evaluating: BCE with all ten scores, OE / EnergyOE / EDGE with MaxEnergy and JointEnergy", flush=True)
+    later = " / ".join(NAMES[m] for m in checkpoints if m != "bce")
+    print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy", flush=True)
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood))
     opts = EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
                        batch_size=cfg.eval.batch_size)
