@@ -37,12 +37,13 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> str:
     """Initialise Ray once per process and return where it runs ("local" or the address)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # checked even when this process already has Ray: a wrong address is an error
+        _check_reachable(address)
     if ray.is_initialized():
         return "already connected"
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        _check_reachable(address)
         ray.init(address=address, log_to_driver=True)
         return address
     # The runtime env puts the project on every worker's path, wherever the driver started.
