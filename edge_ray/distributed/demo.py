@@ -146,14 +146,13 @@ def rank_candidates(checkpoint: str, data: Path, bench: dict, out: Path, *, seed
 
 
 def evaluate_all(checkpoints: dict, cfg: Config, out: Path) -> dict:
-    from edge_ray.distributed.evaluate import load_trained
-    from edge_ray.evaluation import EvalOptions, evaluate, open_sets
+    from edge_ray.distributed.evaluate import eval_options, load_trained
+    from edge_ray.evaluation import evaluate, open_sets
 
     later = " / ".join(NAMES[m] for m in checkpoints if m != "bce")
     print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy", flush=True)
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood))
-    opts = EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
-                       batch_size=cfg.eval.batch_size)
+    opts = eval_options(cfg)
     results = {}
     for method, ckpt in checkpoints.items():
         model, _, _ = load_trained(ckpt)

@@ -21,6 +21,12 @@ def load_trained(checkpoint_dir: str) -> tuple[torch.nn.Module, Config, int]:
     return model, cfg, num_classes
 
 
+def eval_options(cfg: Config, device: str = "cpu") -> EvalOptions:
+    """Evaluation settings of a run: its image size and normalisation, its eval section."""
+    return EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
+                       batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
+
+
 def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, scores, id_train=None, id_test=None,
                         ood=None, training: str = "model", device: str = "cpu") -> dict:
     """Evaluate one checkpoint; returns the public result dict (also written to ``out_dir``)."""
@@ -30,9 +36,7 @@ def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, scores, id_train=N
     if sets.id_train.num_classes != model.num_classes:
         raise ValueError(f"the checkpoint has {model.num_classes} classes but {sets.id_train.dir} "
                          f"lists {sets.id_train.num_classes}; evaluate with the ID sets it was trained on")
-    opts = EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
-                       batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
-    result = evaluate(model, sets, scores, opts, training=training)
+    result = evaluate(model, sets, scores, eval_options(cfg, device), training=training)
     paths = write_results({training: result}, out_dir)
     return {"result": {k: v for k, v in result.items() if not k.startswith("_")},
             "paths": {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}}

@@ -32,8 +32,9 @@ def run_dir(cfg: Config, run_name: str | None = None) -> str:
     return f"{storage_root(cfg).rstrip('/')}/{run_name or cfg.train.run_name}"
 
 
-def _probe_forward(cfg: Config, index, num_classes: int, model=None) -> None:
-    """Push one real sample of a set through the eval transform and the backbone."""
+def _probe_forward(cfg: Config, index, num_classes: int, model=None) -> torch.nn.Module:
+    """Push one real sample of a set through the eval transform and the backbone; return the
+    model so the next probe reuses it."""
     loader = eval_loader(index, batch_size=1, image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std)
     x, _, keys = next(iter(loader))
     model = model or build_model(cfg.model.name, num_classes, width=cfg.model.width).eval()
