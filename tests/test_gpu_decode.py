@@ -10,10 +10,12 @@ Tolerances, in 0..255 pixel units:
     output, torch stays in float: at most 1 apart (measured 0.3 mean, 1.0 max);
   * draft: the CPU path may decode a JPEG at 1/2..1/8 scale (DCT scaling) where the GPU
     path decodes in full and antialiases; on smooth images the mean stays under 1.5;
-  * nvJPEG vs libjpeg-turbo (IDCT and chroma upsampling differ): mean under 2, the bound
-    torchvision's own test of `decode_jpeg(device="cuda")` uses. A whole batch may add
-    the resize's 1, so batches are held to a mean of 3 with no single image over 6 (a
-    crop off by even a few pixels of a textured image is far above that).
+  * nvJPEG vs libjpeg-turbo: the IDCTs round differently (well under 1), and 4:2:0
+    chroma may be upsampled by repetition instead of libjpeg's triangle filter, a few
+    levels on textured colour (`tests/jpeg_reference.py` builds both libjpeg decodes;
+    nvJPEG must be within 1 of one of them). A whole batch may add the resize's 1, so
+    batches are held to a mean of 3 with no single image over 6 (a crop off by even a
+    few pixels of a textured image is far above that).
 """
 import io
 import json
@@ -32,6 +34,7 @@ from edge_ray.data import gpu, load_index, train_loader, train_transform
 from edge_ray.data.reader import _decode_batch
 from edge_ray.data.records import Record
 from edge_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image
+from tests.jpeg_reference import reference_decodes
 
 # torchvision >= 0.29 announces that its decoders move to TorchCodec; 0.26 on the GPU host does not.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -190,6 +193,59 @@ def test_crop_resize_matches_pil_geometry(size, image_size):
         assert out.dtype == torch.float32 and (out - ref).abs().max() <= 1.01
 
 
+def test_crop_resize_batch_matches_pil_in_float():
+    """The batched resize (two matrix products per image size) against PIL resampling
+    32-bit float images (mode "F": no uint8 rounding), channel by channel: mixed sizes,
+    up- and down-scaling, flips, boxes touching the image edges."""
+    gen = np.random.default_rng(3)
+    images, boxes, flips, refs = [], [], [], []
+    for i in range(24):
+        height, width = [(50, 40), (33, 90), (50, 40), (300, 200)][i % 4]
+        arr = gen.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        h, w = int(gen.integers(1, height + 1)), int(gen.integers(1, width + 1))
+        top, left = int(gen.integers(0, height - h + 1)), int(gen.integers(0, width - w + 1))
+        flip = bool(gen.integers(2))
+        ref = [np.asarray(Image.fromarray(arr[..., c].astype(np.float32), "F")
+                          .crop((left, top, left + w, top + h)).resize((37, 37), Image.BILINEAR))
+               for c in range(3)]
+        ref = np.stack(ref)
+        refs.append(ref[..., ::-1] if flip else ref)
+        images.append(torch.from_numpy(arr).permute(2, 0, 1))  # a non-contiguous view, as in BatchDecoder
+        boxes.append((top, left, h, w))
+        flips.append(flip)
+    out = gpu.crop_resize_batch(images, torch.tensor(boxes, dtype=torch.float32), torch.tensor(flips), 37)
+    assert out.shape == (24, 3, 37, 37) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), np.stack(refs), atol=0.02, rtol=0)
+    single = gpu.crop_resize_batch(images[:1], torch.tensor(boxes[:1], dtype=torch.float32),
+                                   torch.tensor(flips[:1]), 37)  # one size: the no-scatter branch
+    torch.testing.assert_close(single, out[:1])
+    per_image = torch.stack([gpu.crop_resize(img, box, flip, 37) for img, box, flip in zip(images, boxes, flips)])
+    assert (per_image - out).abs().max() < 1e-3
+
+
+def test_batched_and_per_image_decoders_agree(monkeypatch):
+    batch = records(range(12))
+    t = train_transform(24)
+    packed = gpu.pack_batch(batch, t, np.random.default_rng(5))
+    (a,) = gpu.BatchDecoder(24, IMAGENET_MEAN, IMAGENET_STD, "cpu")(packed)
+    (b,) = gpu.BatchDecoder(24, IMAGENET_MEAN, IMAGENET_STD, "cpu", batched=False)(packed)
+    assert (pixels(a) - pixels(b)).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("size", [(320, 320), (257, 131), (64, 48), (33, 57)])
+@pytest.mark.parametrize("quality", [75, 95])
+def test_libjpeg_reference_rebuilds_pil_exactly(size, quality):
+    """The references nvJPEG is held to: the "fancy" rebuild from PIL's own planes is
+    PIL's RGB decode bit for bit; "nearest" (chroma repeated 2x2) is a different, equally
+    valid decode, several levels apart on textured colour."""
+    data = encode(picture(2, *size), "JPEG", quality=quality, subsampling=2)
+    refs = reference_decodes(data)
+    pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert refs["fancy"].shape == refs["nearest"].shape == pil.shape
+    assert np.array_equal(refs["fancy"], pil)
+    assert np.abs(refs["nearest"].astype(int) - pil).mean() > 0.5
+
+
 @pytest.mark.parametrize("size,image_size", [((64, 48), 8), ((500, 375), 32), ((640, 480), 256),
                                              ((1001, 333), 16), ((120, 90), 16)])
 def test_jpeg_geometry_reproduces_the_cpu_draft(size, image_size):
@@ -243,22 +299,35 @@ def test_resolve_device_without_cuda(monkeypatch):
 
 
 @needs_cuda
-@pytest.mark.xfail(strict=False, reason="measured on an H100 (torch 2.11, torchvision 0.26, 2026-11-26): "
-                   "one of these five JPEGs decodes 3.17/255 mean apart from PIL, above the 2/255 bound; "
-                   "unresolved (chroma upsampling is the suspect), see benchmarks/README.md")
-def test_nvjpeg_equals_pil_within_decoder_tolerance():
+def test_nvjpeg_equals_a_libjpeg_decode():
+    """nvJPEG against libjpeg, per file. 4:4:4 and greyscale files have no chroma to
+    upsample: within IDCT rounding of PIL. 4:2:0 files: within IDCT rounding of one of
+    the two libjpeg decodes (`tests/jpeg_reference.py`), fancy (PIL's default) or nearest
+    chroma upsampling; the H100 run of 2026-11-26 found nvJPEG 3.17/255 from PIL on the
+    320x320 file, which is exactly PIL's own fancy-vs-nearest gap there (3.171)."""
     arrays = [picture(i, w, h) for i, (w, h) in enumerate([(320, 320), (500, 375), (257, 131), (64, 48)])]
     files = [encode(a, "JPEG", quality=q, subsampling=s)
-             for a, (q, s) in zip(arrays, [(90, 2), (95, 0), (75, 1), (90, 2)])]
+             for a, (q, s) in zip(arrays, [(90, 2), (95, 0), (75, 2), (90, 2)])]
     files.append(encode(arrays[0][..., 1], "JPEG", quality=90))  # greyscale
+    subsampled = [True, False, True, True, False]
     device = gpu.resolve_device()
     assert device is not None and device.type == "cuda"
     data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
-    for f, img in zip(files, gpu.decode_jpeg(data, device)):
+    report, failures = [], []
+    for i, (f, img) in enumerate(zip(files, gpu.decode_jpeg(data, device))):
         assert img.is_cuda and img.dtype == torch.uint8
-        ref = torch.from_numpy(np.array(decode_image(f))).permute(2, 0, 1)
-        assert img.shape == ref.shape
-        assert (img.cpu().float() - ref.float()).abs().mean() < 2.0
+        got = img.cpu().permute(1, 2, 0).numpy().astype(int)
+        refs = {"pil": np.array(decode_image(f))}
+        if subsampled[i]:
+            refs.update(reference_decodes(f))
+        assert all(got.shape == r.shape for r in refs.values())
+        diffs = {name: float(np.abs(got - r.astype(int)).mean()) for name, r in refs.items()}
+        report.append(f"file {i} {'4:2:0' if subsampled[i] else '4:4:4/grey'}: " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in diffs.items()))
+        if min(diffs.values()) >= 1.0:
+            failures.append(report[-1])
+    print("\nnvJPEG mean |difference| per file, 0..255 units:\n  " + "\n  ".join(report))
+    assert not failures, failures
 
 
 @needs_cuda
