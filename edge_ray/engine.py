@@ -8,6 +8,7 @@ features for scoring.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -134,15 +135,23 @@ def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts:
 
 def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
                 progress=None, fail_at_step: int | None = None) -> dict:
-    """One pass of ``loader``: mean of every reported part, step and image counts, img/s.
+    """One pass of ``loader``: mean of every reported part, step and image counts, img/s,
+    and ``data_wait_s``, the seconds the loop waited for the loader (input-bound when high).
 
     ``fail_at_step`` raises a RuntimeError at that step (the fault-tolerance test switch).
     """
     model.train()
     sums: dict[str, float] = {}
     steps = images = 0
+    wait = 0.0  # seconds the step loop stood waiting for the loader's next batch
     start = time.perf_counter()
-    for step, batch in enumerate(loader):
+    batches = iter(loader)
+    for step in itertools.count():
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        wait += time.perf_counter() - asked
+        if batch is None:
+            break
         if fail_at_step is not None and step == fail_at_step:
             raise RuntimeError(f"injected failure at epoch {epoch} step {step} (train.fail_at_epoch)")
         parts = train_step(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts)
@@ -158,7 +167,8 @@ def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opt
             progress.set_postfix(loss=f"{parts['loss']:.4f}")
     seconds = time.perf_counter() - start
     out = {k: v / max(steps, 1) for k, v in sums.items()}
-    out.update(steps=steps, images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9))
+    out.update(steps=steps, images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9),
+               data_wait_s=wait)
     return out
 
 

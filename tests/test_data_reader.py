@@ -134,6 +134,26 @@ def test_in_process_loader_and_set_epoch(sets):
     assert not all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+def test_started_loader_gives_the_same_epoch(sets):
+    """`start()` (the trainer's overlap of epoch e+1's worker start-up with epoch e) must
+    not change what an epoch yields; `set_epoch` after `start()` drops the early workers."""
+    id_index, oe_index = sets
+
+    def loader(epoch):
+        return train_loader(id_index, oe_index, batch_size=4, oe_batch_size=3, image_size=8, epoch=epoch,
+                            seed=0, rank=0, world_size=1, num_workers=2, return_keys=True)
+    plain = list(loader(1))
+    early = loader(1).start()
+    assert early.start() is early
+    started = list(early)
+    assert keys_of(started) == keys_of(plain)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(started, plain))
+    assert keys_of(early) == keys_of(plain)  # a second pass starts fresh workers
+    moved = loader(0).start()
+    moved.set_epoch(1)
+    assert keys_of(moved) == keys_of(plain)
+
+
 def test_without_oe_yields_none(sets):
     id_index, _ = sets
     loader = train_loader(id_index, None, batch_size=16, oe_batch_size=16, image_size=8,

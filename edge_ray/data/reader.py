@@ -101,10 +101,24 @@ class _Loader:
 
     def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool):
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+        self._started = None
 
-    def _batches(self) -> Iterator:
+    def start(self):
+        """Start the DataLoader workers now; the next iteration uses them. The trainer calls
+        this for epoch e+1 when epoch e begins, so the workers' start-up and first batches
+        (forking, filling shuffle buffers) overlap training instead of stalling the GPU at
+        every epoch boundary. Returns self."""
+        if self._started is None:
+            self._started = self._new_iterator()
+        return self
+
+    def _new_iterator(self) -> Iterator:
         return iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                                pin_memory=self.pin_memory))
+
+    def _batches(self) -> Iterator:
+        started, self._started = self._started, None
+        return started if started is not None else self._new_iterator()
 
 
 class TrainLoader(_Loader):
@@ -132,6 +146,7 @@ class TrainLoader(_Loader):
 
     def set_epoch(self, epoch: int) -> None:
         self.stream.epoch = int(epoch)
+        self._started = None  # workers started for another epoch would replay it
 
     def __iter__(self) -> Iterator[tuple]:
         count = 0

@@ -119,12 +119,18 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                               diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
     start, history, resumes = _load_checkpoint(model, opt, sched)
 
+    stop = cfg.train.stop_after_epoch
+    last = stop if 0 < stop < cfg.train.epochs else cfg.train.epochs  # epochs this run trains
+    upcoming = None
     for epoch in range(start, cfg.train.epochs):
         # The fault switch fires once: only in an attempt that did not start from a checkpoint.
         fail = (epoch == cfg.train.fail_at_epoch and resumes == 0 and rank == world - 1)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=rank != 0,
                    mininterval=2.0, leave=False)
-        stats = engine.train_epoch(model, loader_for(epoch), loss_fn, opt, sched, epoch=epoch,
+        loader = upcoming if upcoming is not None else loader_for(epoch)
+        # The next epoch's loader workers start now and are ready when this epoch ends.
+        upcoming = loader_for(epoch + 1).start() if epoch + 1 < last else None
+        stats = engine.train_epoch(model, loader, loss_fn, opt, sched, epoch=epoch,
                                    opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
         bar.close()
         metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()},
