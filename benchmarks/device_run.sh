@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 9 on one GPU host, in one go (about 5 minutes expected; hard limits add up to 9):
 #   1. which packages are there (a no-op stand-in for tqdm if it is missing);
-#   2. python -m pytest -q tests/test_gpu_decode.py  (nvJPEG vs PIL, GPU vs CPU batches);
-#   3. benchmarks/throughput.py: (a) synthetic eager/compiled, (d) in-process GPU-decode
-#      loader, (c) Ray worker + GPU decode, (b) Ray worker + CPU decode, on 32768 ID +
-#      4096 OE synthetic 320px JPEGs built in /tmp/edge-bench-shards (about 2 GB).
+#   2. python -m pytest -q -s tests/test_gpu_decode.py  (nvJPEG vs both libjpeg decodes,
+#      printed per file; GPU vs CPU batches);
+#   3. benchmarks/throughput.py: (a) synthetic eager/compiled, (d)/(d') in-process
+#      GPU-decode loader with batched / per-image crops, (c) Ray worker + GPU decode,
+#      (b) Ray worker + CPU decode, on 32768 ID + 4096 OE synthetic 320px JPEGs built in
+#      /tmp/edge-bench-shards (about 2 GB).
 # Run from the repository root after the wheels are installed, e.g.
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled \
@@ -64,7 +66,7 @@ EOF
 fi
 
 if "$PY" -c "import pytest" 2>/dev/null; then
-  timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_decode.py 2>&1 | tee "$OUT/pytest.txt"
+  timeout 90 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_gpu_decode.py 2>&1 | tee "$OUT/pytest.txt"
 else
   echo "pytest missing: tests/test_gpu_decode.py not run (add the pytest, pluggy and iniconfig wheels)" \
     | tee "$OUT/pytest.txt"

@@ -134,13 +134,22 @@ def synthetic(args) -> dict:
              torch.randn(args.oe_batch_size, 3, s, s, device=device))
     images = args.batch_size + args.oe_batch_size
     out = {"device": describe_device(torch, device)}
+    eager = model
     for mode in ("eager", "compiled"):
         net = model if mode == "eager" else torch.compile(model, backend=args.compile_backend)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        for _ in range(args.warmup):
-            engine.train_step(net, batch, loss_fn, opt, sched, epoch=1, opts=opts)
+        try:
+            for _ in range(args.warmup):
+                engine.train_step(net, batch, loss_fn, opt, sched, epoch=1, opts=opts)
+        except Exception as err:  # e.g. no C compiler for inductor: keep eager, say why
+            if mode == "eager":
+                raise
+            traceback.print_exc()
+            out[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            net = eager
+            break
         sync(torch, device)
         warm = time.perf_counter() - start
         start = time.perf_counter()
@@ -155,12 +164,14 @@ def synthetic(args) -> dict:
         print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
     if "d" in args.parts.split(","):
         del batch
-        out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts)
+        out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
+        out["in_process_per_image"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
     return out
 
 
-def loader_epoch(args, net, loss_fn, opt, opts) -> dict:
-    """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process."""
+def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
+    """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process;
+    crops resized as a batch (the default) or image by image (`BatchDecoder(batched=False)`)."""
     import torch
 
     from edge_ray import engine
@@ -171,21 +182,32 @@ def loader_epoch(args, net, loss_fn, opt, opts) -> dict:
                           batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
                           image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
                           num_workers=args.loader_workers, decode="gpu", device=opts.device)
+    if loader.decoder is not None:
+        loader.decoder.batched = batched
     cuda = opts.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(opts.device)
-    start, first, images = time.perf_counter(), None, 0
-    for step, batch in enumerate(loader):
+    start, first, images, wait = time.perf_counter(), None, 0, 0.0
+    batches = iter(loader)
+    for step in range(len(loader)):
+        asked = time.perf_counter()
+        batch = next(batches)
+        if step > 0:
+            wait += time.perf_counter() - asked
         engine.train_step(net, batch, loss_fn, opt, None, epoch=1, opts=opts)
         if step == 0:
             first = time.perf_counter()  # DataLoader start-up and the first decode
         else:
             images += batch[0].shape[0] + batch[2].shape[0]
+    assert next(batches, None) is None
     end = time.perf_counter()
     steps = len(loader)
     rate = images / (end - first) if steps > 1 else float("nan")
-    print(f"(d) in-process GPU-decode loader: {rate:.1f} img/s after the first step", flush=True)
-    return {"img_per_s": rate, "steps": steps, "first_step_s": first - start,
+    how = "batched" if batched else "per-image"
+    print(f"(d) in-process GPU-decode loader, {how} crops: {rate:.1f} img/s after the first step, "
+          f"waiting for input {100 * wait / (end - first):.1f}% of the time", flush=True)
+    return {"img_per_s": rate, "steps": steps, "first_step_s": first - start, "batched_crops": batched,
+            "data_wait_s": wait, "data_wait_fraction": wait / (end - first) if steps > 1 else None,
             "img_per_s_incl_first_step": (images + args.batch_size + args.oe_batch_size) / (end - start),
             "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
             "peak_reserved_gib": torch.cuda.max_memory_reserved(opts.device) / 2**30 if cuda else None}
@@ -271,11 +293,16 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
     start = time.perf_counter()
     with GpuMemoryPeak() as memory:
         summary = run_training(cfg)
-    epochs = [{k: h[k] for k in ("epoch", "steps", "images", "seconds", "images_per_s")} for h in summary.history]
+    epochs = [{k: h.get(k) for k in ("epoch", "steps", "images", "seconds", "images_per_s", "data_wait_s")}
+              for h in summary.history]
     counted = [e for e in epochs if e["epoch"] > 1] or epochs
-    rate = sum(e["images"] for e in counted) / sum(e["seconds"] for e in counted)
-    print(f"({'b' if decode == 'cpu' else 'c'}) ray, {decode} decode: {rate:.1f} img/s", flush=True)
+    seconds = sum(e["seconds"] for e in counted)
+    rate = sum(e["images"] for e in counted) / seconds
+    wait = sum(e["data_wait_s"] or 0.0 for e in counted) / seconds
+    print(f"({'b' if decode == 'cpu' else 'c'}) ray, {decode} decode: {rate:.1f} img/s, waiting for "
+          f"input {100 * wait:.1f}% of the time", flush=True)
     return {"img_per_s": rate, "decode": decode, "epochs": epochs, "wall_s": time.perf_counter() - start,
+            "data_wait_fraction": wait,
             "peak_gpu_memory_gib": memory.peak, "compile": args.compile_worker,
             "loader_workers": args.loader_workers}
 
@@ -295,7 +322,8 @@ def start_ray(args, use_gpu: bool) -> None:
 ROWS = [("a_eager", "(a) synthetic, eager"), ("a_compiled", "(a) synthetic, torch.compile"),
         ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode"),
         ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode"),
-        ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader")]
+        ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader"),
+        ("d_in_process_per_image", "(d') as (d), crops resized image by image")]
 
 
 def summarise(results: dict, smoke: bool = False) -> dict:
@@ -303,16 +331,22 @@ def summarise(results: dict, smoke: bool = False) -> dict:
     rates = {"a_eager": a.get("eager", {}).get("img_per_s"), "a_compiled": a.get("compiled", {}).get("img_per_s"),
              "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("img_per_s"),
              "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("img_per_s"),
-             "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s")}
+             "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s"),
+             "d_in_process_per_image": a.get("in_process_per_image", {}).get("img_per_s")}
     ratio = {k: (v / rates["a_compiled"] if v and rates["a_compiled"] else None) for k, v in rates.items()}
     memory = {"a_eager": a.get("eager", {}).get("peak_reserved_gib"),
               "a_compiled": a.get("compiled", {}).get("peak_reserved_gib"),
               "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("peak_gpu_memory_gib"),
               "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("peak_gpu_memory_gib"),
-              "d_in_process_gpu_decode": a.get("in_process", {}).get("peak_reserved_gib")}
+              "d_in_process_gpu_decode": a.get("in_process", {}).get("peak_reserved_gib"),
+              "d_in_process_per_image": a.get("in_process_per_image", {}).get("peak_reserved_gib")}
+    wait = {"b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("data_wait_fraction"),
+            "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("data_wait_fraction"),
+            "d_in_process_gpu_decode": a.get("in_process", {}).get("data_wait_fraction"),
+            "d_in_process_per_image": a.get("in_process_per_image", {}).get("data_wait_fraction")}
     c = ratio["c_ray_gpu_decode"]
     known = [m for m in memory.values() if m is not None]
-    return {"img_per_s": rates, "ratio_to_a_compiled": ratio, "gpu_memory_gib": memory,
+    return {"img_per_s": rates, "ratio_to_a_compiled": ratio, "gpu_memory_gib": memory, "data_wait": wait,
             "target": {"c_over_a_compiled_min": 0.95, "memory_max_gib": 60,
                        "met": None if c is None or smoke else bool(c >= 0.95 and all(m < 60 for m in known))}}
 
@@ -325,12 +359,14 @@ def table(summary: dict, meta: dict) -> str:
              f"model {meta['model']}, {meta['image_size']}px, batch {meta['batch_size']} ID + "
              f"{meta['oe_batch_size']} OE, {meta['id_images']} ID / {meta['oe_images']} OE JPEGs of "
              f"{meta['source_size']}px, {meta['loader_workers']} loader workers", "",
-             "| measurement | img/s | × (a) compiled | GPU memory GiB |", "|---|---:|---:|---:|"]
+             "| measurement | img/s | × (a) compiled | GPU memory GiB | waiting for input |",
+             "|---|---:|---:|---:|---:|"]
     for key, label in ROWS:
         rate, ratio = summary["img_per_s"][key], summary["ratio_to_a_compiled"][key]
-        mem = summary["gpu_memory_gib"][key]
+        mem, wait = summary["gpu_memory_gib"][key], summary["data_wait"].get(key)
         lines.append(f"| {label} | {'—' if rate is None else f'{rate:,.0f}'} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}'} | {'—' if mem is None else f'{mem:.1f}'} |")
+                     f"{'—' if ratio is None else f'{ratio:.2f}'} | {'—' if mem is None else f'{mem:.1f}'} | "
+                     f"{'—' if wait is None else f'{100 * wait:.1f}%'} |")
     met = summary["target"]["met"]
     verdict = "n/a" if met is None else "met" if met else "NOT met"
     lines += ["", f"target (c) >= 0.95 x (a) compiled and < 60 GiB: {verdict}"]
@@ -418,6 +454,9 @@ def main(argv=None) -> dict:
         if {"a", "d"} & set(parts):  # d needs a's compiled model
             attempt("a_synthetic", lambda: run_synthetic_child(argv, shards, args.synthetic_timeout))
             meta["device"] = results["a_synthetic"].get("device", meta["device"])
+            if "error" in results["a_synthetic"].get("compiled", {}) and args.compile_worker:
+                print("(a) could not compile: (b) and (c) run the model eager", flush=True)
+                args.compile_worker = False
         ray_parts = [p for p in parts if p in ("b", "c")]  # in the order asked for
         if ray_parts:
             import ray
