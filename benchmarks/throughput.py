@@ -1,25 +1,26 @@
 """End-to-end training throughput against the compute limit (issue 9).
 
-One run, one GPU, the same ResNet-50 EDGE step throughout (bf16 autocast, channels_last,
-128 ID + 128 OE images in one forward, SGD, the EDGE loss, `engine.train_step`):
+One run, one GPU, the same ResNet-50 EDGE step and epoch loop throughout (bf16 autocast,
+channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
+`engine.train_epoch`, which reads the loss back every 10 steps):
 
-  (a) synthetic    batches resident in GPU memory, eager and torch.compile: the limit;
+  (a) synthetic    one batch resident in GPU memory, eager and torch.compile: the limit;
   (b) ray, cpu     the project's Ray Train worker (`run_training`, 1 GPU worker) on JPEG
                    shards, decoded by PIL in DataLoader workers (data.decode=cpu);
   (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU);
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
-                   no Ray: where (c) loses against (a), this says whether Ray is the cause.
+                   no Ray: where (c) loses against (a), this says whether Ray is the cause;
+                   (d') the same with crops resized as one batch (matrix products).
 
     python benchmarks/throughput.py --json throughput.json      # on a GPU host
     python benchmarks/throughput.py --smoke                     # tiny, CPU, under a minute
 
 img/s counts ID + OE images. (a) times `--steps` steps after `--warmup` (compilation
-included in the warm-up, reported apart); (d) times one epoch after its first step
-(DataLoader start-up, reported apart). (b) and (c) read the worker's per-epoch
+included in the warm-up, reported apart); (d) times one epoch whose loader workers were
+started two seconds ahead, as the trainer starts epoch e+1's workers when epoch e begins.
+(b) and (c) read the worker's per-epoch
 `images_per_s`; the first epoch (compilation, cuDNN autotuning, cold page cache) is a
-warm-up and only later epochs count. An epoch there includes starting the DataLoader
-workers and filling their shuffle buffers, as real training does: bigger sets amortise
-it. (a) and (d) run in a child process so that the driver holds no GPU memory during
+warm-up and only later epochs count. (a) and (d) run in a child process so that the driver holds no GPU memory during
 (b) and (c); GPU memory of (b) and (c) is the peak of `nvidia-smi` during the run. Synthetic
 shards (gradient + noise JPEGs, quality 90, 4:2:0) are built in `--shards-dir`, or
 reused from there when an earlier run left the same sizes.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -140,9 +142,8 @@ def synthetic(args) -> dict:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        try:
-            for _ in range(args.warmup):
-                engine.train_step(net, batch, loss_fn, opt, sched, epoch=1, opts=opts)
+        try:  # the worker's own epoch loop (engine.train_epoch) over the resident batch
+            engine.train_epoch(net, Repeat(batch, args.warmup), loss_fn, opt, sched, epoch=1, opts=opts)
         except Exception as err:  # e.g. no C compiler for inductor: keep eager, say why
             if mode == "eager":
                 raise
@@ -150,13 +151,9 @@ def synthetic(args) -> dict:
             out[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
             net = eager
             break
-        sync(torch, device)
         warm = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            engine.train_step(net, batch, loss_fn, opt, sched, epoch=1, opts=opts)
-        sync(torch, device)
-        seconds = time.perf_counter() - start
+        stats = engine.train_epoch(net, Repeat(batch, args.steps), loss_fn, opt, sched, epoch=1, opts=opts)
+        seconds = stats["seconds"]
         out[mode] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
                      "warmup_s": warm, "steps": args.steps,
                      "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
@@ -164,14 +161,14 @@ def synthetic(args) -> dict:
         print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
     if "d" in args.parts.split(","):
         del batch
-        out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
-        out["in_process_per_image"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
+        out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
+        out["in_process_batched"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
     return out
 
 
 def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
     """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process;
-    crops resized as a batch (the default) or image by image (`BatchDecoder(batched=False)`)."""
+    crops resized image by image (the default) or as a batch (`BatchDecoder(batched=True)`)."""
     import torch
 
     from edge_ray import engine
@@ -187,35 +184,33 @@ def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
     cuda = opts.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(opts.device)
-    start, first, images, wait = time.perf_counter(), None, 0, 0.0
-    batches = iter(loader)
-    for step in range(len(loader)):
-        asked = time.perf_counter()
-        batch = next(batches)
-        if step > 0:
-            wait += time.perf_counter() - asked
-        engine.train_step(net, batch, loss_fn, opt, None, epoch=1, opts=opts)
-        if step == 0:
-            first = time.perf_counter()  # DataLoader start-up and the first decode
-        else:
-            images += batch[0].shape[0] + batch[2].shape[0]
-    assert next(batches, None) is None
-    end = time.perf_counter()
-    steps = len(loader)
-    rate = images / (end - first) if steps > 1 else float("nan")
+    # As the trainer does for every epoch after the first: workers started ahead of time.
+    start = time.perf_counter()
+    loader.start()
+    time.sleep(2.0)
+    stats = engine.train_epoch(net, loader, loss_fn, opt, None, epoch=1, opts=opts)
+    rate, wait = stats["images_per_s"], stats["data_wait_s"] / stats["seconds"]
     how = "batched" if batched else "per-image"
-    print(f"(d) in-process GPU-decode loader, {how} crops: {rate:.1f} img/s after the first step, "
-          f"waiting for input {100 * wait / (end - first):.1f}% of the time", flush=True)
-    return {"img_per_s": rate, "steps": steps, "first_step_s": first - start, "batched_crops": batched,
-            "data_wait_s": wait, "data_wait_fraction": wait / (end - first) if steps > 1 else None,
-            "img_per_s_incl_first_step": (images + args.batch_size + args.oe_batch_size) / (end - start),
+    print(f"(d) in-process GPU-decode loader, {how} crops: {rate:.1f} img/s, waiting for input "
+          f"{100 * wait:.1f}% of the time", flush=True)
+    return {"img_per_s": rate, "steps": stats["steps"], "batched_crops": batched,
+            "data_wait_s": stats["data_wait_s"], "data_wait_fraction": wait,
+            "wall_s_incl_worker_start": time.perf_counter() - start,
             "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
             "peak_reserved_gib": torch.cuda.max_memory_reserved(opts.device) / 2**30 if cuda else None}
 
 
-def sync(torch, device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Repeat:
+    """A loader that yields one resident batch `n` times."""
+
+    def __init__(self, batch, n: int):
+        self.batch, self.n = batch, int(n)
+
+    def __iter__(self):
+        return itertools.repeat(self.batch, self.n)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def describe_device(torch, device) -> dict:
@@ -323,7 +318,7 @@ ROWS = [("a_eager", "(a) synthetic, eager"), ("a_compiled", "(a) synthetic, torc
         ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode"),
         ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode"),
         ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader"),
-        ("d_in_process_per_image", "(d') as (d), crops resized image by image")]
+        ("d_in_process_batched", "(d') as (d), crops resized as one batch")]
 
 
 def summarise(results: dict, smoke: bool = False) -> dict:
@@ -332,18 +327,18 @@ def summarise(results: dict, smoke: bool = False) -> dict:
              "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("img_per_s"),
              "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("img_per_s"),
              "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s"),
-             "d_in_process_per_image": a.get("in_process_per_image", {}).get("img_per_s")}
+             "d_in_process_batched": a.get("in_process_batched", {}).get("img_per_s")}
     ratio = {k: (v / rates["a_compiled"] if v and rates["a_compiled"] else None) for k, v in rates.items()}
     memory = {"a_eager": a.get("eager", {}).get("peak_reserved_gib"),
               "a_compiled": a.get("compiled", {}).get("peak_reserved_gib"),
               "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("peak_gpu_memory_gib"),
               "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("peak_gpu_memory_gib"),
               "d_in_process_gpu_decode": a.get("in_process", {}).get("peak_reserved_gib"),
-              "d_in_process_per_image": a.get("in_process_per_image", {}).get("peak_reserved_gib")}
+              "d_in_process_batched": a.get("in_process_batched", {}).get("peak_reserved_gib")}
     wait = {"b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("data_wait_fraction"),
             "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("data_wait_fraction"),
             "d_in_process_gpu_decode": a.get("in_process", {}).get("data_wait_fraction"),
-            "d_in_process_per_image": a.get("in_process_per_image", {}).get("data_wait_fraction")}
+            "d_in_process_batched": a.get("in_process_batched", {}).get("data_wait_fraction")}
     c = ratio["c_ray_gpu_decode"]
     known = [m for m in memory.values() if m is not None]
     return {"img_per_s": rates, "ratio_to_a_compiled": ratio, "gpu_memory_gib": memory, "data_wait": wait,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edge_ray import losses
+from edge_ray import losses, validation
 from edge_ray.config import LossConfig, TrainConfig
 
 USES_OE = {"edge": True, "oe": True, "hendrycks_oe": True, "energy_oe": True,
@@ -111,8 +111,10 @@ def forward_id_oe(model: nn.Module, x_id, x_oe, opts: StepOptions):
     return z[: x_id.shape[0]], z[x_id.shape[0]:]
 
 
-def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions) -> dict:
-    """Forward, loss, backward, step. Returns the loss parts (and gap diagnostics) as floats."""
+def step_tensors(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions) -> dict:
+    """Forward, loss, backward, step. Returns the loss parts (and, with OE, the gap
+    diagnostics) as detached 0-d tensors on the device: no host synchronisation, so the
+    host can queue the next step while this one runs."""
     x_id, y, x_oe = batch
     x_id, y = _to_device(x_id, opts), y.to(opts.device, non_blocking=True)
     x_oe = _to_device(x_oe, opts) if x_oe is not None else None
@@ -120,30 +122,58 @@ def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts:
         z_id, z_oe = forward_id_oe(model, x_id, x_oe, opts)
     z_id = z_id.float()
     z_oe = z_oe.float() if z_oe is not None else None
-    parts = loss_fn(z_id, y, z_oe, epoch)
+    with validation.shape_checks_only():  # no host sync between forward and backward
+        parts = loss_fn(z_id, y, z_oe, epoch)
     optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    out = {k: float(v.detach()) for k, v in parts.items()}
+    out = {k: v.detach() for k, v in parts.items()}
     if z_oe is not None:
-        diag = losses.gap_diagnostics(z_id.detach(), z_oe.detach(), k=opts.diag_k, m=opts.diag_m, gap=opts.diag_gap)
-        out.update({k: float(v) for k, v in diag.items()})
+        out.update(losses.gap_diagnostics(z_id.detach(), z_oe.detach(), k=opts.diag_k, m=opts.diag_m,
+                                          gap=opts.diag_gap))
     return out
 
 
+def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions) -> dict:
+    """`step_tensors`, then the parts as floats (one host synchronisation)."""
+    parts = step_tensors(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts)
+    return dict(zip(parts, _stack(parts).tolist()))
+
+
+def _stack(parts: dict) -> torch.Tensor:
+    return torch.stack([v.detach().float().reshape(()) for v in parts.values()])
+
+
 def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
-                progress=None, fail_at_step: int | None = None) -> dict:
+                progress=None, fail_at_step: int | None = None, sync_every: int = 10) -> dict:
     """One pass of ``loader``: mean of every reported part, step and image counts, img/s,
     and ``data_wait_s``, the seconds the loop waited for the loader (input-bound when high).
 
+    The parts are summed on the device and read back every ``sync_every`` steps (and at
+    the end): reading a loss each step would make the host wait for the GPU every step
+    and leave the GPU idle while the host prepares the next one. A non-finite loss is
+    caught at the next read, which names the steps it happened between.
     ``fail_at_step`` raises a RuntimeError at that step (the fault-tolerance test switch).
     """
     model.train()
-    sums: dict[str, float] = {}
-    steps = images = 0
+    keys, total, last_read = None, None, None
+    read_step, steps = 0, 0
+    images = 0
     wait = 0.0  # seconds the step loop stood waiting for the loader's next batch
+
+    def read() -> list[float]:
+        nonlocal last_read, read_step
+        host = total.tolist()
+        if not math.isfinite(host[0]):
+            raise FloatingPointError(f"loss became {host[0]} at epoch {epoch} between steps {read_step} and "
+                                     f"{steps - 1}; lower train.lr or loss.beta / loss.m")
+        if progress is not None and last_read is not None:
+            progress.set_postfix(loss=f"{(host[0] - last_read[0]) / max(steps - read_step, 1):.4f}")
+        last_read, read_step = host, steps
+        return host
+
     start = time.perf_counter()
     batches = iter(loader)
     for step in itertools.count():
@@ -154,19 +184,20 @@ def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opt
             break
         if fail_at_step is not None and step == fail_at_step:
             raise RuntimeError(f"injected failure at epoch {epoch} step {step} (train.fail_at_epoch)")
-        parts = train_step(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts)
-        if not math.isfinite(parts["loss"]):
-            raise FloatingPointError(f"loss became {parts['loss']} at epoch {epoch} step {step}; "
-                                     "lower train.lr or loss.beta / loss.m")
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v
+        parts = step_tensors(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts)
+        if keys is None:
+            keys, last_read = list(parts), [0.0] * len(parts)
+            total = torch.zeros(len(keys), dtype=torch.float64, device=parts["loss"].device)
+        total += _stack(parts)
         steps += 1
         images += batch[0].shape[0] + (batch[2].shape[0] if batch[2] is not None else 0)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{parts['loss']:.4f}")
+        if steps % max(1, sync_every) == 0:
+            read()
+    sums = read() if keys else []
     seconds = time.perf_counter() - start
-    out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out = {k: v / max(steps, 1) for k, v in zip(keys or [], sums)}
     out.update(steps=steps, images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9),
                data_wait_s=wait)
     return out

@@ -355,3 +355,23 @@ def test_gpu_batches_feed_a_training_step(sets):
                           rank=0, world_size=1, num_workers=2, decode="gpu", device=device)
     stats = engine.train_epoch(model, loader, loss_fn, opt, None, epoch=0, opts=opts)
     assert stats["steps"] == len(loader) and np.isfinite(stats["loss"])
+
+
+@needs_cuda
+def test_gpu_batches_stay_right_while_the_gpu_is_busy(sets):
+    """Regression (one H100, 2026-11-26): once training stopped syncing every step, the
+    decode side stream lagged behind the feeder thread and nvJPEG (which writes on its own
+    stream) overwrote memory that queued kernels still read: "index out of bounds" device
+    asserts. Here the default stream is kept busy without any host sync while batches
+    arrive; every batch must still be the CPU path's."""
+    loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=32, epoch=1, seed=7, rank=0,
+                          world_size=1, num_workers=2, return_keys=True, decode="gpu")
+    load = torch.randn(4096, 4096, device="cuda")
+    got = []
+    for x, y, o, keys in loader:
+        for _ in range(20):  # ~50 ms of fp32 matmuls queued per batch on an H100
+            load = load @ load
+            load = load / load.norm()
+        got.append((x.clone(), y.clone(), o.clone(), keys))
+    assert_same_epochs((len(loader), got), epoch(sets, decode="cpu", world_size=1, image_size=32),
+                       mean_tol=3.0, image_tol=6.0)

@@ -12,8 +12,8 @@ crop in 14 DataLoader workers delivers ~3k img/s: the CPU input path is the ceil
       baseline files), then crop, resize (bilinear, antialiased, as PIL's), flip and
       normalise on the GPU.
   a feeder thread (`prefetch`)  runs the rank's stage a batch or two ahead on its own
-      CUDA stream, so decoding overlaps the previous training step instead of idling the
-      GPU (`train_step` synchronises every step when it reads the loss).
+      CUDA stream, so decoding overlaps the training steps queued on the default stream
+      (`engine.train_epoch` reads the loss back only every few steps).
 
 Same samples, labels, steps and crop boxes as the CPU path; only where pixels are made
 changes. The CPU path may decode a JPEG at 1/2, 1/4 or 1/8 scale (PIL draft mode) and
@@ -230,11 +230,15 @@ class BatchDecoder:
     """The rank half of the GPU stage: `PackedBatch`es -> normalised float32 [B, 3, S, S].
 
     Several batches (ID and OE) go through one nvJPEG call, which is faster than two.
-    `batched=False` crops and resizes image by image (`crop_resize`, several kernels per
-    image); the default does the whole batch at once (`crop_resize_batch`).
+    Crops are resized image by image by default (`crop_resize`: a few small kernels per
+    image, which run beside the training step on the side stream and touch only the
+    crop); `batched=True` resizes a whole batch with dense matrix products
+    (`crop_resize_batch`: a handful of launches, but ~100x the arithmetic and memory
+    traffic). On one H100 (benchmarks/README.md) the per-image path fed training at
+    least as fast: GPU time, not launches, is what the training step competes for.
     """
 
-    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = True):
+    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = False):
         self.image_size, self.device, self.batched = int(image_size), torch.device(device), batched
         self.mean = (torch.tensor(mean, dtype=torch.float32) * 255).view(1, 3, 1, 1).to(self.device)
         self.inv_std = (1 / (torch.tensor(std, dtype=torch.float32) * 255)).view(1, 3, 1, 1).to(self.device)
@@ -276,6 +280,14 @@ class BatchDecoder:
             where += [(b, i) for i, gpu in enumerate(b.on_gpu) if gpu]
         if not data:
             return []
+        if self.device.type == "cuda":
+            # torchvision's nvJPEG writes its outputs on a stream of its own, not ordered
+            # after this one, into memory allocated from this stream's pool: a block this
+            # stream freed while queued kernels still read it (the last batch's flip
+            # indices, crop boxes, decoded images) could be overwritten before they ran.
+            # Seen on an H100 once training stopped syncing every step: garbage indices,
+            # "index out of bounds" device asserts. Let this stream's queued work finish.
+            torch.cuda.current_stream(self.device).synchronize()
         try:
             images = decode_jpeg(data, self.device)
         except RuntimeError as err:  # nvJPEG fails a whole batch for one bad file

@@ -107,7 +107,9 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             epoch=epoch, seed=cfg.train.seed, rank=rank, world_size=world,
                             num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
                             crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std,
-                            decode=cfg.data.decode, device=device)
+                            decode=cfg.data.decode, device=device,
+                            # CPU-decoded batches pinned: their copies to the GPU then need no sync
+                            pin_memory=on_gpu and cfg.data.decode == "cpu")
 
     steps = len(loader_for(0))
     opt = engine.make_optimizer(model, cfg.train)

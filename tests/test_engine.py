@@ -1,0 +1,69 @@
+"""The epoch loop: parts summed on the device and read back every few steps."""
+import copy
+
+import pytest
+import torch
+
+from edge_ray import engine
+from edge_ray.config import LossConfig, TrainConfig
+from edge_ray.models import build_model
+
+C = 5
+
+
+def batches(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6, 3, 16, 16, generator=gen), (torch.rand(6, C, generator=gen) < 0.4).float(),
+             torch.randn(4, 3, 16, 16, generator=gen)) for _ in range(n)]
+
+
+def setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("smallcnn", C, width=8)
+    opt = engine.make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.05))
+    opts = engine.StepOptions(device=torch.device("cpu"), diag_k=3)
+    return model, opt, opts
+
+
+@pytest.mark.parametrize("sync_every", [1, 3, 100])
+def test_epoch_means_equal_step_by_step_floats(sync_every):
+    """The device-side sums read every `sync_every` steps (a partial window at the end)
+    give the means of what `train_step` returns one step at a time on a twin model."""
+    data = batches(7)
+    loss_fn = engine.make_loss_fn(LossConfig(method="edge", k=3, beta=0.5, tau=0))
+    model, opt, opts = setup()
+    twin, twin_opt = copy.deepcopy(model), None
+    twin_opt = engine.make_optimizer(twin, TrainConfig(optimizer="sgd", lr=0.05))
+    stats = engine.train_epoch(model, data, loss_fn, opt, None, epoch=1, opts=opts, sync_every=sync_every)
+    twin.train()
+    steps = [engine.train_step(twin, b, loss_fn, twin_opt, None, epoch=1, opts=opts) for b in data]
+    assert stats["steps"] == 7 and stats["images"] == 7 * 10
+    assert set(steps[0]) == {"loss", "id", "conf", "gap", "gap_active", "energy_oe", "energy_id_bottomk"}
+    for key in steps[0]:
+        expected = sum(s[key] for s in steps) / 7
+        assert stats[key] == pytest.approx(expected, rel=1e-5, abs=1e-6), key
+    assert stats["data_wait_s"] >= 0 and stats["seconds"] > 0
+
+
+def test_non_finite_loss_is_caught_at_the_next_read():
+    data = batches(8)
+    base = engine.make_loss_fn(LossConfig(method="oe"))
+    calls = []
+
+    def loss_fn(z_id, y, z_oe, epoch):
+        parts = base(z_id, y, z_oe, epoch)
+        calls.append(1)
+        if len(calls) == 5:  # step 4
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+    model, opt, opts = setup()
+    with pytest.raises(FloatingPointError, match="between steps 3 and 5"):
+        engine.train_epoch(model, data, loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
+    assert len(calls) == 6  # stopped at the read after step 5, not at the end of the epoch
+
+
+def test_empty_loader_gives_zero_steps():
+    model, opt, opts = setup()
+    stats = engine.train_epoch(model, [], engine.make_loss_fn(LossConfig(method="bce")), opt, None,
+                               epoch=0, opts=opts)
+    assert stats["steps"] == 0 and stats["images"] == 0
