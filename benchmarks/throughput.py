@@ -18,12 +18,12 @@ channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
 img/s counts ID + OE images. (a) times `--steps` steps after `--warmup` (compilation
 included in the warm-up, reported apart); (d) times one epoch whose loader workers were
 started two seconds ahead, as the trainer starts epoch e+1's workers when epoch e begins.
-(b) and (c) read the worker's per-epoch
-`images_per_s`; the first epoch (compilation, cuDNN autotuning, cold page cache) is a
-warm-up and only later epochs count. (a) and (d) run in a child process so that the driver holds no GPU memory during
-(b) and (c); GPU memory of (b) and (c) is the peak of `nvidia-smi` during the run. Synthetic
-shards (gradient + noise JPEGs, quality 90, 4:2:0) are built in `--shards-dir`, or
-reused from there when an earlier run left the same sizes.
+(b) and (c) read the worker's per-epoch `images_per_s`; the first epoch (compilation,
+cuDNN autotuning, cold page cache) is a warm-up and only later epochs count. (a) and (d)
+run in a child process so that the driver holds no GPU memory during (b) and (c); GPU
+memory of (b) and (c) is the peak of `nvidia-smi` during the run. Synthetic shards
+(gradient + noise JPEGs, quality 90, 4:2:0) are built in `--shards-dir`, or reused from
+there when an earlier run left the same sizes.
 """
 from __future__ import annotations
 
