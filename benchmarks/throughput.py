@@ -172,7 +172,7 @@ def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
     import torch
 
     from edge_ray import engine
-    from edge_ray.data import gpu, load_index, train_loader
+    from edge_ray.data import load_index, train_loader
 
     shards = Path(args.shards_dir)
     loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from edge_ray.validation import check_finite, check_binary, check_logits_pair
+from edge_ray.validation import check_binary, check_logits_pair
 
 GAP_MODES = ("mean", "pairwise")
 

@@ -1,6 +1,4 @@
 """launch.py: one-line errors with the fix, and --help with an example on every subcommand."""
-import sys
-
 import pytest
 
 import launch

@@ -73,7 +73,7 @@ def test_oe_and_ood_share_no_image(demo):
 def test_same_seed_same_bytes(tmp_path):
     a = build_demo(tmp_path / "a", seed=3, **TINY)
     b = build_demo(tmp_path / "b", seed=3, **TINY)
-    c = build_demo(tmp_path / "c", seed=4, **TINY)
+    build_demo(tmp_path / "c", seed=4, **TINY)
     assert a == b
     for tar in sorted((tmp_path / "a").rglob("*.tar")):
         rel = tar.relative_to(tmp_path / "a")

@@ -26,21 +26,21 @@ path does, and then cropped on the GPU like the rest. No CUDA, or no working nvJ
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import queue
-import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from .prefetch import prefetch
 from .records import Record
+from .resize import crop_resize, crop_resize_batch, resize_weights
 from .transforms import TrainTransform, decode_image
+
+__all__ = ["PackedBatch", "pack_batch", "jpeg_geometry", "scale_box", "BatchDecoder", "decode_jpeg",
+           "resolve_device", "prefetch", "crop_resize", "crop_resize_batch", "resize_weights"]
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # JPEG colour modes nvJPEG decodes to the same RGB as PIL's `convert("RGB")`; CMYK and
@@ -156,74 +156,6 @@ def _concat_bytes(chunks: list[bytes]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- rank side
-
-
-def crop_resize(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """uint8 or float [3, H, W] -> float32 [3, size, size] in 0..255: the crop `box`
-    (top, left, height, width), resized bilinearly with antialiasing (PIL's filter, as
-    `TrainTransform.geometric` applies it), then flipped left-right if `flip`."""
-    top, left, h, w = box
-    x = image[:, top:top + h, left:left + w].unsqueeze(0).float()
-    if (h, w) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x = x[0]
-    return x.flip(-1) if flip else x
-
-
-def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
-    """[n, out_size, in_size] float32: row i of matrix j holds the weights with which
-    output pixel i of image j is made from input pixels 0..in_size-1, when image j's crop
-    covers pixels [start, start + length) on this axis.
-
-    PIL's (and torch's antialiased) bilinear resampling: output pixel i is centred at
-    (i + 0.5) * scale in the crop, scale = length / out_size; the triangle filter has
-    support max(scale, 1) (widened when shrinking, which is the antialiasing); weights
-    outside the crop are zero and each row is normalised to sum to 1.
-    """
-    start = start.to(torch.float32)
-    length = length.to(torch.float32)
-    scale = length / out_size
-    support = scale.clamp(min=1.0)
-    device = start.device
-    centre = (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5)[None, :] * scale[:, None]
-    x = torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :] - start[:, None, None]
-    w = (1 - ((x + 0.5 - centre[..., None]) / support[:, None, None]).abs()).clamp_(min=0)
-    w = w * ((x >= 0) & (x < length[:, None, None]))
-    return w / w.sum(-1, keepdim=True)
-
-
-def crop_resize_batch(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor,
-                      size: int) -> torch.Tensor:
-    """`crop_resize` for a whole batch: [n, 3, size, size] float32 in 0..255.
-
-    `boxes` [n, 4] (top, left, height, width) and `flips` [n] bool live on the images'
-    device. Images of one size are stacked and resampled as two batched matrix products,
-    out = Wy @ image @ Wx^T, with the crop, the antialiased bilinear filter and the flip
-    folded into Wy and Wx (`resize_weights`): a handful of kernels per distinct image size
-    instead of several per image.
-    """
-    n = len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    out = None
-    for (height, width), idx in groups.items():
-        sel = None if len(idx) == n else torch.tensor(idx, device=boxes.device)
-        box = boxes if sel is None else boxes[sel]
-        flip = flips if sel is None else flips[sel]
-        stack = torch.stack([images[i] for i in idx]).float()                   # [g, 3, H, W]
-        wy = resize_weights(box[:, 0], box[:, 2], height, size)                 # [g, S, H]
-        wx = resize_weights(box[:, 1], box[:, 3], width, size)                  # [g, S, W]
-        wx = torch.where(flip[:, None, None], wx.flip(1), wx)
-        res = torch.einsum("ncsw,ntw->ncst", torch.einsum("nsh,nchw->ncsw", wy, stack), wx)
-        if sel is None:
-            return res
-        if out is None:
-            out = torch.empty((n, 3, size, size), dtype=torch.float32, device=res.device)
-        out[sel] = res
-    if out is None:
-        raise ValueError("crop_resize_batch: no images")
-    return out
 
 
 class BatchDecoder:
@@ -352,95 +284,3 @@ def _nvjpeg_works(device: torch.device) -> bool:
         warn_once(f"nvJPEG does not work on {device} ({str(err).splitlines()[0]}); "
                   "using the CPU decode path")
         return False
-
-
-# ---------------------------------------------------------------- overlap
-
-
-class _Failed:
-    def __init__(self, err: BaseException):
-        self.err = err
-
-
-_DONE = object()
-
-
-def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: int = 2) -> Iterator:
-    """`convert(item)` for each item, in order, computed up to `depth` items ahead in a
-    thread. On CUDA the thread works on its own stream and each result is handed over
-    with an event, so the consumer's stream waits for exactly that result.
-
-    The DataLoader iterator is consumed inside the thread too (unpickling a batch is CPU
-    work as well). Closing the generator early stops the thread at its next hand-over.
-    """
-    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-    cuda = device.type == "cuda"
-    side = torch.cuda.Stream(device=device) if cuda else None
-
-    def hand_over(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def feed() -> None:
-        try:
-            context = (torch.cuda.stream(side) if cuda else contextlib.nullcontext())
-            if cuda:
-                torch.cuda.set_device(device)
-            with context:
-                for item in items:
-                    result = convert(item)
-                    event = None
-                    if cuda:
-                        event = torch.cuda.Event()
-                        event.record(side)
-                    if not hand_over((result, event)):
-                        return
-            hand_over(_DONE)
-        except BaseException as err:  # re-raised in the consumer, with its traceback
-            hand_over(_Failed(err))
-
-    thread = threading.Thread(target=feed, name="edge-gpu-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = _next(ready, thread)
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.err
-            result, event = item
-            if cuda:
-                current = torch.cuda.current_stream(device)
-                current.wait_event(event)
-                for t in _tensors(result):
-                    if t.is_cuda:  # its memory must outlive this stream's use, not the side stream's
-                        t.record_stream(current)
-            yield result
-    finally:
-        stop.set()
-
-
-def _next(ready: queue.Queue, thread: threading.Thread):
-    while True:
-        try:
-            return ready.get(timeout=1.0)
-        except queue.Empty:
-            if not thread.is_alive():  # it may have put its last item just before ending
-                try:
-                    return ready.get_nowait()
-                except queue.Empty:
-                    raise RuntimeError("the GPU decode thread ended without a result") from None
-
-
-def _tensors(obj) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for x in obj:
-            yield from _tensors(x)

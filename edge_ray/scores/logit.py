@@ -4,8 +4,6 @@ All take logits ``[N, C]`` and return ``[N]`` float64, higher = more in-distribu
 """
 from __future__ import annotations
 
-import numpy as np
-
 from edge_ray.scores.base import Scorer, logsumexp, sigmoid, softplus
 
 

@@ -1,0 +1,98 @@
+"""Run a conversion a few items ahead in a thread, on its own CUDA stream (`prefetch`)."""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+
+class _Failed:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: int = 2) -> Iterator:
+    """`convert(item)` for each item, in order, computed up to `depth` items ahead in a
+    thread. On CUDA the thread works on its own stream and each result is handed over
+    with an event, so the consumer's stream waits for exactly that result.
+
+    The DataLoader iterator is consumed inside the thread too (unpickling a batch is CPU
+    work as well). Closing the generator early stops the thread at its next hand-over.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    cuda = device.type == "cuda"
+    side = torch.cuda.Stream(device=device) if cuda else None
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        try:
+            context = (torch.cuda.stream(side) if cuda else contextlib.nullcontext())
+            if cuda:
+                torch.cuda.set_device(device)
+            with context:
+                for item in items:
+                    result = convert(item)
+                    event = None
+                    if cuda:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    if not hand_over((result, event)):
+                        return
+            hand_over(_DONE)
+        except BaseException as err:  # re-raised in the consumer, with its traceback
+            hand_over(_Failed(err))
+
+    thread = threading.Thread(target=feed, name="edge-gpu-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = _next(ready, thread)
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.err
+            result, event = item
+            if cuda:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(event)
+                for t in _tensors(result):
+                    if t.is_cuda:  # its memory must outlive this stream's use, not the side stream's
+                        t.record_stream(current)
+            yield result
+    finally:
+        stop.set()
+
+
+def _next(ready: queue.Queue, thread: threading.Thread):
+    while True:
+        try:
+            return ready.get(timeout=1.0)
+        except queue.Empty:
+            if not thread.is_alive():  # it may have put its last item just before ending
+                try:
+                    return ready.get_nowait()
+                except queue.Empty:
+                    raise RuntimeError("the GPU decode thread ended without a result") from None
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from _tensors(x)
