@@ -84,12 +84,14 @@ def build_shards(data: Path, preset: dict, seed: int) -> dict:
     return bench
 
 
-def train(cfg: Config, method: str, oe: str | None, step: str) -> str:
+def train(cfg: Config, method: str, oe: str | None, step: str, tag: str) -> str:
+    """One Ray Train run; run again with the same tag and config it resumes (a finished
+    run returns at once), with another config it stops with the fix."""
     from edge_ray.distributed.trainer import run_training
 
     cfg = replace(cfg, loss=replace(cfg.loss, method=method),
                   data=replace(cfg.data, oe=oe or ""),
-                  train=replace(cfg.train, run_name=f"demo-{method}"))
+                  train=replace(cfg.train, run_name=f"demo-{tag}-{method}"))
     t = time.perf_counter()
     print(f"{step} training {method} ({cfg.train.epochs} epochs{', OE: ' + Path(oe).name if oe else ''})", flush=True)
     summary = run_training(cfg)
@@ -111,12 +113,13 @@ def run(args) -> int:
     bench = build_shards(data, preset, args.seed)
     connect(args.address)
     cfg = demo_config(data, out, preset, args.seed)
-    checkpoints = {"bce": train(cfg, "bce", None, "[2/5]")}
+    tag = f"{'quick' if args.quick else 'full'}-seed{args.seed}"
+    checkpoints = {"bce": train(cfg, "bce", None, "[2/5]", tag)}
     ranking = rank_candidates(checkpoints["bce"], data, bench, out, seed=args.seed)
     oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
     print(f"      OE set for training: {oe_name}")
     for method in preset["methods"][1:]:
-        checkpoints[method] = train(cfg, method, str(data / oe_name), "[4/5]")
+        checkpoints[method] = train(cfg, method, str(data / oe_name), "[4/5]", tag)
     results = evaluate_all(checkpoints, cfg, out)
     elapsed = time.perf_counter() - start
     _finish(results, ranking, oe_name, out, elapsed, args)

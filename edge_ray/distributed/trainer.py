@@ -104,9 +104,56 @@ class TrainSummary:
                 "final": self.metrics, "history": self.history}
 
 
+# Keys that may change between a run and its resumption: how long, where, on what
+# resources, with which input mechanics; not what is trained.
+RESUMABLE_CHANGES = {
+    "data": {"loader_workers", "decode", "id_val", "id_test", "oe_val", "ood"},
+    "model": {"compile", "channels_last"},
+    "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every",
+              "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},
+}
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """`section.key: saved -> current` for every training-relevant difference (the eval
+    section and RESUMABLE_CHANGES are left out)."""
+    out = []
+    for section in sorted(set(saved) | set(current)):
+        if section == "eval":
+            continue
+        a, b = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if key in RESUMABLE_CHANGES.get(section, ()) or a.get(key) == b.get(key):
+                continue
+            out.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def check_resume(cfg: Config) -> str | None:
+    """The checkpoint a rerun would resume from, after checking it was trained with this
+    config; a ConfigError naming the differences otherwise (local storage only)."""
+    folder = Path(run_dir(cfg))
+    if "://" in str(cfg.train.storage_path) or not folder.is_dir():
+        return None
+    checkpoints = sorted(d for d in folder.glob("checkpoint_*") if (d / "config.json").is_file())
+    if not checkpoints:
+        return None
+    saved = json.loads((checkpoints[-1] / "config.json").read_text())
+    changes = config_changes(saved, cfg.to_dict())
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ConfigError(f"{folder} holds checkpoints of a run trained with another config ({shown}): "
+                          "running again would continue that run. Use a new train.run_name "
+                          f"(e.g. train.run_name={cfg.train.run_name}-2), another train.storage_path, "
+                          f"or delete {folder} to start over")
+    return str(checkpoints[-1])
+
+
 def run_training(cfg: Config) -> TrainSummary:
-    """Fit the trainer (resuming if a checkpoint of the same run exists) and write summary.json."""
+    """Fit the trainer (resuming if a checkpoint of the same run, with the same config,
+    exists) and write summary.json."""
     check_inputs(cfg)
+    check_resume(cfg)
     result = build_trainer(cfg).fit()
     ckpt = result.checkpoint
     history = []
