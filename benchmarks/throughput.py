@@ -161,9 +161,17 @@ def synthetic(args) -> dict:
         print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
     if "d" in args.parts.split(","):
         del batch
+        # Saved after each part: a CUDA error aborts the process and would lose them all.
+        save_partial(args, out)
         out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
+        save_partial(args, out)
         out["in_process_batched"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
     return out
+
+
+def save_partial(args, out: dict) -> None:
+    if args.synthetic_child:
+        Path(args.synthetic_child).write_text(json.dumps({**out, "partial": True}))
 
 
 def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
@@ -233,9 +241,13 @@ def run_synthetic_child(argv: list[str], shards: Path, timeout: float) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--shards-dir", str(shards),
                "--synthetic-child", str(out)]
         proc = subprocess.run(cmd, timeout=timeout)
-        if proc.returncode != 0 or not out.is_file():
+        if not out.is_file():
             raise RuntimeError(f"the synthetic child exited with {proc.returncode}")
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        if proc.returncode != 0:  # what it finished before dying is kept, and the death noted
+            result["error"] = f"the synthetic child exited with {proc.returncode} after: " + \
+                ", ".join(k for k in result if k not in ("device", "partial"))
+        return result
 
 
 # ------------------------------------------------------------------ (b), (c) Ray Train
