@@ -64,8 +64,10 @@ def time_pool(model, id_dir: str, cands: list[str], opts: RankOptions, workers: 
               repeats: int) -> list[dict]:
     import ray
 
-    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    owned = not ray.is_initialized()  # under pytest: the session's Ray, left running
+    if owned:
+        ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     try:
         def timed(w):
             start = time.perf_counter()
@@ -78,7 +80,8 @@ def time_pool(model, id_dir: str, cands: list[str], opts: RankOptions, workers: 
         startup = time.perf_counter() - start
         rows = [{"workers": w, "wall_s": min(timed(w) for _ in range(repeats))} for w in workers]
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     serial = []

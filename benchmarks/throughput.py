@@ -314,13 +314,18 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
             "loader_workers": args.loader_workers}
 
 
-def start_ray(args, use_gpu: bool) -> None:
+def start_ray(args, use_gpu: bool) -> bool:
+    """Start a local Ray for (b) and (c); True if this call started it (and should stop
+    it), False when the process already runs one (the test session's)."""
     import ray
 
+    if ray.is_initialized():
+        return False
     # Ray's processes inherit this environment: the workers find edge_ray through it.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=max(2, os.cpu_count() or 2), num_gpus=1 if use_gpu else 0,
              include_dashboard=False, log_to_driver=not args.smoke)
+    return True
 
 
 # ------------------------------------------------------------------ report
@@ -469,14 +474,15 @@ def main(argv=None) -> dict:
             import ray
 
             meta["ray"] = ray.__version__
-            start_ray(args, use_gpu)
+            owned = start_ray(args, use_gpu)
             try:
                 for part in ray_parts:
                     decode = "cpu" if part == "b" else "gpu"
                     attempt(f"{part}_ray_{decode}_decode",
                             lambda: ray_run(args, decode, id_dir, oe_dir, tmp / "runs", use_gpu))
             finally:
-                ray.shutdown()
+                if owned:
+                    ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = save()
