@@ -6,14 +6,9 @@ candidate task gets it by reference, extracts its own penultimate features and c
 eval mode, with the deterministic eval transform and no grad (the released code used train
 mode and augmentation, so its distances changed from run to run).
 
-Which images: each set contributes the first `batches * batch_size` positions of
-`numpy.random.default_rng(seed).permutation(num_samples)` (all of them if the set is smaller,
-cut to full batches), in that permuted order, so a batch mixes shards and classes and the
-same seed always gives the same images, features and ranking.
-
-A candidate that cannot be measured (missing or bad index, role other than `oe`, fewer
-images than one batch, a task error) is reported with its reason and gets no rank; the
-others go on. Only when none can be ranked is it an error.
+Which images each set contributes, and how a candidate that cannot be measured is
+reported, is `edge_ray.oe_rank`'s (the Ray-free half, which `rank_serial` runs in one
+process); here the same measurement runs as a task pool, and the command line lives.
 """
 from __future__ import annotations
 
