@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import multiprocessing
 import os
@@ -142,8 +141,8 @@ def synthetic(args) -> dict:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        try:  # the worker's own epoch loop (engine.train_epoch) over the resident batch
-            engine.train_epoch(net, Repeat(batch, args.warmup), loss_fn, opt, sched, epoch=1, opts=opts)
+        try:  # the worker's own epoch loop (engine.train_epoch) over the resident batch, n times
+            engine.train_epoch(net, [batch] * args.warmup, loss_fn, opt, sched, epoch=1, opts=opts)
         except Exception as err:  # e.g. no C compiler for inductor: keep eager, say why
             if mode == "eager":
                 raise
@@ -152,7 +151,7 @@ def synthetic(args) -> dict:
             net = eager
             break
         warm = time.perf_counter() - start
-        stats = engine.train_epoch(net, Repeat(batch, args.steps), loss_fn, opt, sched, epoch=1, opts=opts)
+        stats = engine.train_epoch(net, [batch] * args.steps, loss_fn, opt, sched, epoch=1, opts=opts)
         seconds = stats["seconds"]
         out[mode] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
                      "warmup_s": warm, "steps": args.steps,
@@ -206,19 +205,6 @@ def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
             "wall_s_incl_worker_start": time.perf_counter() - start,
             "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
             "peak_reserved_gib": torch.cuda.max_memory_reserved(opts.device) / 2**30 if cuda else None}
-
-
-class Repeat:
-    """A loader that yields one resident batch `n` times."""
-
-    def __init__(self, batch, n: int):
-        self.batch, self.n = batch, int(n)
-
-    def __iter__(self):
-        return itertools.repeat(self.batch, self.n)
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def describe_device(torch, device) -> dict:
