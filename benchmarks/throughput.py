@@ -10,7 +10,8 @@ channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
   (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU);
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
                    no Ray: where (c) loses against (a), this says whether Ray is the cause;
-                   (d') the same with crops resized as one batch (matrix products).
+                   (d') the same with crops resized as one batch (matrix products);
+                   (e) the GPU-decode loader alone, no training: the input path's own speed.
 
     python benchmarks/throughput.py --json throughput.json      # on a GPU host
     python benchmarks/throughput.py --smoke                     # tiny, CPU, under a minute
@@ -165,12 +166,40 @@ def synthetic(args) -> dict:
         out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
         save_partial(args, out)
         out["in_process_batched"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
+        save_partial(args, out)
+        out["decode_only"] = decode_only(args, opts)
     return out
 
 
 def save_partial(args, out: dict) -> None:
     if args.synthetic_child:
         Path(args.synthetic_child).write_text(json.dumps({**out, "partial": True}))
+
+
+def decode_only(args, opts) -> dict:
+    """(e): one epoch of the GPU-decode loader with no training step: how fast the input
+    path runs with the GPU to itself (its GPU cost: (e) far above (a) leaves room)."""
+    import torch
+
+    from edge_ray.data import load_index, train_loader
+
+    shards = Path(args.shards_dir)
+    loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
+                          batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
+                          image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
+                          num_workers=args.loader_workers, decode="gpu", device=opts.device)
+    loader.start()
+    time.sleep(2.0)
+    start, images, steps = time.perf_counter(), 0, 0
+    for batch in loader:
+        images += batch[0].shape[0] + (batch[2].shape[0] if batch[2] is not None else 0)
+        steps += 1
+    if opts.device.type == "cuda":
+        torch.cuda.synchronize(opts.device)
+    seconds = time.perf_counter() - start
+    rate = images / max(seconds, 1e-9)
+    print(f"(e) GPU-decode loader alone: {rate:.1f} img/s", flush=True)
+    return {"img_per_s": rate, "steps": steps, "seconds": seconds}
 
 
 def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
@@ -321,7 +350,8 @@ ROWS = [("a_eager", "(a) synthetic, eager"), ("a_compiled", "(a) synthetic, torc
         ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode"),
         ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode"),
         ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader"),
-        ("d_in_process_batched", "(d') as (d), crops resized as one batch")]
+        ("d_in_process_batched", "(d') as (d), crops resized as one batch"),
+        ("e_decode_only", "(e) GPU-decode loader alone, no training")]
 
 
 def summarise(results: dict, smoke: bool = False) -> dict:
@@ -330,7 +360,8 @@ def summarise(results: dict, smoke: bool = False) -> dict:
              "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("img_per_s"),
              "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("img_per_s"),
              "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s"),
-             "d_in_process_batched": a.get("in_process_batched", {}).get("img_per_s")}
+             "d_in_process_batched": a.get("in_process_batched", {}).get("img_per_s"),
+             "e_decode_only": a.get("decode_only", {}).get("img_per_s")}
     ratio = {k: (v / rates["a_compiled"] if v and rates["a_compiled"] else None) for k, v in rates.items()}
     memory = {"a_eager": a.get("eager", {}).get("peak_reserved_gib"),
               "a_compiled": a.get("compiled", {}).get("peak_reserved_gib"),
@@ -361,7 +392,7 @@ def table(summary: dict, meta: dict) -> str:
              "|---|---:|---:|---:|---:|"]
     for key, label in ROWS:
         rate, ratio = summary["img_per_s"][key], summary["ratio_to_a_compiled"][key]
-        mem, wait = summary["gpu_memory_gib"][key], summary["data_wait"].get(key)
+        mem, wait = summary["gpu_memory_gib"].get(key), summary["data_wait"].get(key)
         lines.append(f"| {label} | {'—' if rate is None else f'{rate:,.0f}'} | "
                      f"{'—' if ratio is None else f'{ratio:.2f}'} | {'—' if mem is None else f'{mem:.1f}'} | "
                      f"{'—' if wait is None else f'{100 * wait:.1f}%'} |")
