@@ -11,7 +11,7 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled \
 #     && bash benchmarks/device_run.sh
-# Results land in $OUT (default /tmp/edge-device-out): env.txt, pytest.txt,
+# PARTS=a,d,c skips (b). Results land in $OUT (default /tmp/edge-device-out): env.txt, pytest.txt,
 # throughput.txt, throughput.json; the Markdown table at the end of throughput.txt is
 # the one benchmarks/README.md records.
 set -uo pipefail
@@ -74,7 +74,7 @@ fi
 echo "tests done at $(( $(date +%s) - start ))s"
 
 # (c) before (b): if time runs short, the target's number is the one to keep.
-timeout 450 "$PY" benchmarks/throughput.py --parts a,d,c,b --synthetic-timeout 300 \
+timeout 450 "$PY" benchmarks/throughput.py --parts "${PARTS:-a,d,c,b}" --synthetic-timeout 300 \
   --shards-dir /tmp/edge-bench-shards \
   --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
 echo "device_run.sh finished in $(( $(date +%s) - start ))s"

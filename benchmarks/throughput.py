@@ -11,6 +11,7 @@ channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
                    no Ray: where (c) loses against (a), this says whether Ray is the cause;
                    (d') the same with crops resized as one batch (matrix products);
+                   (d'') (d) with the feeder's CUDA stream at normal, not high, priority;
                    (e) the GPU-decode loader alone, no training: the input path's own speed.
 
     python benchmarks/throughput.py --json throughput.json      # on a GPU host
@@ -163,6 +164,8 @@ def synthetic(args) -> dict:
         del batch
         # Saved after each part: a CUDA error aborts the process and would lose them all.
         save_partial(args, out)
+        out["in_process_normal_priority"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False, priority=0)
+        save_partial(args, out)
         out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
         save_partial(args, out)
         out["in_process_batched"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
@@ -202,7 +205,7 @@ def decode_only(args, opts) -> dict:
     return {"img_per_s": rate, "steps": steps, "seconds": seconds}
 
 
-def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
+def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool, priority: int = -1) -> dict:
     """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process;
     crops resized image by image (the default) or as a batch (`BatchDecoder(batched=True)`)."""
     import torch
@@ -216,7 +219,7 @@ def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
                           image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
                           num_workers=args.loader_workers, decode="gpu", device=opts.device)
     if loader.decoder is not None:
-        loader.decoder.batched = batched
+        loader.decoder.batched, loader.decoder.stream_priority = batched, priority
     cuda = opts.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(opts.device)
@@ -226,10 +229,10 @@ def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool) -> dict:
     time.sleep(2.0)
     stats = engine.train_epoch(net, loader, loss_fn, opt, None, epoch=1, opts=opts)
     rate, wait = stats["images_per_s"], stats["data_wait_s"] / stats["seconds"]
-    how = "batched" if batched else "per-image"
+    how = ("batched" if batched else "per-image") + ("" if priority < 0 else ", normal-priority stream")
     print(f"(d) in-process GPU-decode loader, {how} crops: {rate:.1f} img/s, waiting for input "
           f"{100 * wait:.1f}% of the time", flush=True)
-    return {"img_per_s": rate, "steps": stats["steps"], "batched_crops": batched,
+    return {"img_per_s": rate, "steps": stats["steps"], "batched_crops": batched, "stream_priority": priority,
             "data_wait_s": stats["data_wait_s"], "data_wait_fraction": wait,
             "wall_s_incl_worker_start": time.perf_counter() - start,
             "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
@@ -350,6 +353,7 @@ ROWS = [("a_eager", "(a) synthetic, eager"), ("a_compiled", "(a) synthetic, torc
         ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode"),
         ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode"),
         ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader"),
+        ("d_in_process_normal_priority", "(d'') as (d), feeder stream at normal priority"),
         ("d_in_process_batched", "(d') as (d), crops resized as one batch"),
         ("e_decode_only", "(e) GPU-decode loader alone, no training")]
 
@@ -360,6 +364,7 @@ def summarise(results: dict, smoke: bool = False) -> dict:
              "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("img_per_s"),
              "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("img_per_s"),
              "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s"),
+             "d_in_process_normal_priority": a.get("in_process_normal_priority", {}).get("img_per_s"),
              "d_in_process_batched": a.get("in_process_batched", {}).get("img_per_s"),
              "e_decode_only": a.get("decode_only", {}).get("img_per_s")}
     ratio = {k: (v / rates["a_compiled"] if v and rates["a_compiled"] else None) for k, v in rates.items()}
@@ -368,11 +373,13 @@ def summarise(results: dict, smoke: bool = False) -> dict:
               "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("peak_gpu_memory_gib"),
               "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("peak_gpu_memory_gib"),
               "d_in_process_gpu_decode": a.get("in_process", {}).get("peak_reserved_gib"),
-              "d_in_process_batched": a.get("in_process_batched", {}).get("peak_reserved_gib")}
+              "d_in_process_normal_priority": a.get("in_process_normal_priority", {}).get("peak_reserved_gib"),
+             "d_in_process_batched": a.get("in_process_batched", {}).get("peak_reserved_gib")}
     wait = {"b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("data_wait_fraction"),
             "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("data_wait_fraction"),
             "d_in_process_gpu_decode": a.get("in_process", {}).get("data_wait_fraction"),
-            "d_in_process_batched": a.get("in_process_batched", {}).get("data_wait_fraction")}
+            "d_in_process_normal_priority": a.get("in_process_normal_priority", {}).get("data_wait_fraction"),
+             "d_in_process_batched": a.get("in_process_batched", {}).get("data_wait_fraction")}
     c = ratio["c_ray_gpu_decode"]
     known = [m for m in memory.values() if m is not None]
     return {"img_per_s": rates, "ratio_to_a_compiled": ratio, "gpu_memory_gib": memory, "data_wait": wait,

@@ -168,10 +168,15 @@ class BatchDecoder:
     (`crop_resize_batch`: a handful of launches, but ~100x the arithmetic and memory
     traffic). On one H100 (benchmarks/README.md) the per-image path fed training at
     least as fast: GPU time, not launches, is what the training step competes for.
+    The feeder's stream has high priority (`stream_priority=-1`): at normal priority its
+    hundreds of small kernels per batch each waited behind the step's large ones, and
+    training waited for input (benchmarks/README.md, run 3).
     """
 
-    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = False):
+    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = False,
+                 stream_priority: int = -1):
         self.image_size, self.device, self.batched = int(image_size), torch.device(device), batched
+        self.stream_priority = stream_priority  # of the feeder's CUDA stream (`prefetch`)
         self.mean = (torch.tensor(mean, dtype=torch.float32) * 255).view(1, 3, 1, 1).to(self.device)
         self.inv_std = (1 / (torch.tensor(std, dtype=torch.float32) * 255)).view(1, 3, 1, 1).to(self.device)
 

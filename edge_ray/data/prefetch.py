@@ -17,10 +17,13 @@ class _Failed:
 _DONE = object()
 
 
-def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: int = 2) -> Iterator:
+def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: int = 2,
+             priority: int = 0) -> Iterator:
     """`convert(item)` for each item, in order, computed up to `depth` items ahead in a
     thread. On CUDA the thread works on its own stream and each result is handed over
-    with an event, so the consumer's stream waits for exactly that result.
+    with an event, so the consumer's stream waits for exactly that result. `priority`
+    is the CUDA stream priority (lower is higher; -1 is high): a high-priority stream's
+    small kernels get the next free SMs instead of queueing behind the training step's.
 
     The DataLoader iterator is consumed inside the thread too (unpickling a batch is CPU
     work as well). Closing the generator early stops the thread at its next hand-over.
@@ -28,7 +31,7 @@ def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: in
     ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
     cuda = device.type == "cuda"
-    side = torch.cuda.Stream(device=device) if cuda else None
+    side = torch.cuda.Stream(device=device, priority=priority) if cuda else None
 
     def hand_over(item) -> bool:
         while not stop.is_set():

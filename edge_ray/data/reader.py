@@ -133,7 +133,8 @@ class TrainLoader(_Loader):
         batches = super()._batches()
         if self.decoder is None:
             return batches
-        return gpu.prefetch(batches, self._decode_packed, self.decoder.device)
+        return gpu.prefetch(batches, self._decode_packed, self.decoder.device,
+                            priority=self.decoder.stream_priority)
 
     def _decode_packed(self, batch: tuple) -> tuple:
         """The GPU stage of one step: ID and OE through one nvJPEG call, labels moved along."""
