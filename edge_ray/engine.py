@@ -149,30 +149,62 @@ def _stack(parts: dict) -> torch.Tensor:
 def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
                 progress=None, fail_at_step: int | None = None, sync_every: int = 10) -> dict:
     """One pass of ``loader``: mean of every reported part, step and image counts, img/s,
-    and ``data_wait_s``, the seconds the loop waited for the loader (input-bound when high).
+    ``data_wait_s`` (seconds the loop waited for the loader: input-bound when high) and
+    ``sync_wait_s`` (seconds it waited for the GPU to hand back loss values).
 
-    The parts are summed on the device and read back every ``sync_every`` steps (and at
-    the end): reading a loss each step would make the host wait for the GPU every step
-    and leave the GPU idle while the host prepares the next one. A non-finite loss is
-    caught at the next read, which names the steps it happened between.
-    ``fail_at_step`` raises a RuntimeError at that step (the fault-tolerance test switch).
+    The parts are summed on the device. Every ``sync_every`` steps the running sums are
+    copied to the host without waiting, and the copy made ``sync_every`` steps earlier,
+    long finished by then, is checked: the GPU's queue never drains mid-epoch (a blocking
+    read would leave the GPU idle while the host queues the next step). A non-finite loss
+    is therefore caught one window late, naming the steps it happened between; the epoch's
+    end reads everything. ``fail_at_step`` raises a RuntimeError at that step (the
+    fault-tolerance test switch).
     """
     model.train()
     keys, total, last_read = None, None, None
     read_step, steps = 0, 0
     images = 0
     wait = 0.0  # seconds the step loop stood waiting for the loader's next batch
+    sync_wait = 0.0  # seconds it stood waiting for loss values to reach the host
+    pending = None  # (host buffer, event or None, steps covered): a copy in flight
+    host = None
 
-    def read() -> list[float]:
+    def check(values: list[float], upto: int) -> list[float]:
         nonlocal last_read, read_step
-        host = total.tolist()
-        if not math.isfinite(host[0]):
-            raise FloatingPointError(f"loss became {host[0]} at epoch {epoch} between steps {read_step} and "
-                                     f"{steps - 1}; lower train.lr or loss.beta / loss.m")
+        if not math.isfinite(values[0]):
+            raise FloatingPointError(f"loss became {values[0]} at epoch {epoch} between steps {read_step} and "
+                                     f"{upto - 1}; lower train.lr or loss.beta / loss.m")
         if progress is not None and last_read is not None:
-            progress.set_postfix(loss=f"{(host[0] - last_read[0]) / max(steps - read_step, 1):.4f}")
-        last_read, read_step = host, steps
-        return host
+            progress.set_postfix(loss=f"{(values[0] - last_read[0]) / max(upto - read_step, 1):.4f}")
+        last_read, read_step = values, upto
+        return values
+
+    def resolve() -> None:
+        nonlocal pending, sync_wait
+        if pending is None:
+            return
+        buffer, event, upto = pending
+        pending = None
+        asked = time.perf_counter()
+        if event is not None:
+            event.synchronize()
+        values = buffer.tolist()
+        sync_wait += time.perf_counter() - asked
+        check(values, upto)
+
+    def send() -> None:
+        """Start copying the sums to the host; read them at the next call."""
+        nonlocal pending, host
+        resolve()
+        if total.is_cuda:
+            if host is None:
+                host = torch.empty(total.shape, dtype=total.dtype, pin_memory=True)
+            host.copy_(total, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            pending = (host, event, steps)
+        else:
+            pending = (total.clone(), None, steps)
 
     start = time.perf_counter()
     batches = iter(loader)
@@ -194,12 +226,18 @@ def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opt
         if progress is not None:
             progress.update(1)
         if steps % max(1, sync_every) == 0:
-            read()
-    sums = read() if keys else []
+            send()
+    sums = []
+    if keys:
+        resolve()
+        asked = time.perf_counter()
+        values = total.tolist()
+        sync_wait += time.perf_counter() - asked
+        sums = check(values, steps)
     seconds = time.perf_counter() - start
     out = {k: v / max(steps, 1) for k, v in zip(keys or [], sums)}
     out.update(steps=steps, images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9),
-               data_wait_s=wait)
+               data_wait_s=wait, sync_wait_s=sync_wait)
     return out
 
 

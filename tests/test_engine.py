@@ -17,21 +17,26 @@ def batches(n: int, seed: int = 0):
              torch.randn(4, 3, 16, 16, generator=gen)) for _ in range(n)]
 
 
-def setup(seed: int = 0):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def setup(seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
-    model = build_model("smallcnn", C, width=8)
+    model = build_model("smallcnn", C, width=8).to(device)
     opt = engine.make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.05))
-    opts = engine.StepOptions(device=torch.device("cpu"), diag_k=3)
+    opts = engine.StepOptions(device=torch.device(device), diag_k=3)
     return model, opt, opts
 
 
-@pytest.mark.parametrize("sync_every", [1, 3, 100])
-def test_epoch_means_equal_step_by_step_floats(sync_every):
+@pytest.mark.parametrize("sync_every,device", [(1, "cpu"), (3, "cpu"), (100, "cpu"),
+                                               pytest.param(3, "cuda", marks=CUDA)])
+def test_epoch_means_equal_step_by_step_floats(sync_every, device):
     """The device-side sums read every `sync_every` steps (a partial window at the end)
-    give the means of what `train_step` returns one step at a time on a twin model."""
+    give the means of what `train_step` returns one step at a time on a twin model; on
+    CUDA through the pinned, non-blocking copies."""
     data = batches(7)
     loss_fn = engine.make_loss_fn(LossConfig(method="edge", k=3, beta=0.5, tau=0))
-    model, opt, opts = setup()
+    model, opt, opts = setup(device=device)
     twin, twin_opt = copy.deepcopy(model), None
     twin_opt = engine.make_optimizer(twin, TrainConfig(optimizer="sgd", lr=0.05))
     stats = engine.train_epoch(model, data, loss_fn, opt, None, epoch=1, opts=opts, sync_every=sync_every)
@@ -42,11 +47,13 @@ def test_epoch_means_equal_step_by_step_floats(sync_every):
     for key in steps[0]:
         expected = sum(s[key] for s in steps) / 7
         assert stats[key] == pytest.approx(expected, rel=1e-5, abs=1e-6), key
-    assert stats["data_wait_s"] >= 0 and stats["seconds"] > 0
+    assert stats["data_wait_s"] >= 0 and stats["sync_wait_s"] >= 0 and stats["seconds"] > 0
 
 
-def test_non_finite_loss_is_caught_at_the_next_read():
-    data = batches(8)
+def test_non_finite_loss_is_caught_one_window_late():
+    """Sums are copied every 3 steps and checked at the next copy: a NaN at step 4 is in
+    the copy made after step 5, checked after step 8, and named by its window."""
+    data = batches(12)
     base = engine.make_loss_fn(LossConfig(method="oe"))
     calls = []
 
@@ -59,7 +66,23 @@ def test_non_finite_loss_is_caught_at_the_next_read():
     model, opt, opts = setup()
     with pytest.raises(FloatingPointError, match="between steps 3 and 5"):
         engine.train_epoch(model, data, loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
-    assert len(calls) == 6  # stopped at the read after step 5, not at the end of the epoch
+    assert len(calls) == 9  # stopped at the check after step 8, not at the end of the epoch
+
+
+def test_non_finite_loss_in_the_last_window_is_caught_at_the_end():
+    data = batches(5)
+    base = engine.make_loss_fn(LossConfig(method="oe"))
+    calls = []
+
+    def loss_fn(z_id, y, z_oe, epoch):
+        parts = base(z_id, y, z_oe, epoch)
+        calls.append(1)
+        if len(calls) == 5:
+            parts["loss"] = parts["loss"] * float("inf")
+        return parts
+    model, opt, opts = setup()
+    with pytest.raises(FloatingPointError, match="between steps 3 and 4"):
+        engine.train_epoch(model, data, loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
 
 
 def test_empty_loader_gives_zero_steps():
