@@ -36,6 +36,8 @@ class DataConfig:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     decode: str = "cpu"           # "cpu" or "gpu" (nvJPEG, falls back to cpu)
+    gpu_feeder: str = "serial"    # decode=gpu: serial | pipelined | inline (data/reader.py FEEDERS)
+    gpu_crops: str = "batched"    # decode=gpu: batched | per_image crop resizing
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,10 @@ def validate(cfg: Config) -> Config:
         (cfg.data.batch_size >= 1 and cfg.data.oe_batch_size >= 1, "data.batch_size and data.oe_batch_size must be >= 1"),
         (cfg.data.image_size >= 8, f"data.image_size must be >= 8, got {cfg.data.image_size}"),
         (cfg.data.decode in ("cpu", "gpu"), f"data.decode must be cpu or gpu, got {cfg.data.decode!r}"),
+        (cfg.data.gpu_feeder in ("serial", "pipelined", "inline"),
+         f"data.gpu_feeder must be serial, pipelined or inline, got {cfg.data.gpu_feeder!r}"),
+        (cfg.data.gpu_crops in ("batched", "per_image"),
+         f"data.gpu_crops must be batched or per_image, got {cfg.data.gpu_crops!r}"),
     ]
     for ok, message in checks:
         if not ok:

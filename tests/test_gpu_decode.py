@@ -102,10 +102,11 @@ def sets(tmp_path):
     return load_index(id_dir, role="id"), load_index(oe_dir, role="oe")
 
 
-def epoch(sets, *, decode, device=None, rank=0, world_size=2, num_workers=2, epoch=1, image_size=16):
+def epoch(sets, *, decode, device=None, rank=0, world_size=2, num_workers=2, epoch=1, image_size=16,
+          **options):
     loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=image_size, epoch=epoch,
                           seed=7, rank=rank, world_size=world_size, num_workers=num_workers,
-                          return_keys=True, decode=decode, device=device)
+                          return_keys=True, decode=decode, device=device, **options)
     return len(loader), list(loader)
 
 
@@ -138,14 +139,33 @@ def test_gpu_decode_without_cuda_is_the_cpu_path(sets, monkeypatch):
     assert all(not x.is_cuda for x, *_ in fallback[1])
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-def test_gpu_stage_on_cpu_tensors_matches_cpu_path(sets, monkeypatch, rank):
-    """The packing workers, the decoder and the prefetch thread, run on the CPU: same
-    samples, labels and steps per epoch, same crops (within the resize tolerance)."""
+@pytest.mark.parametrize("rank,feeder,crops", [(0, "serial", "batched"), (1, "serial", "batched"),
+                                                (0, "serial", "per_image"), (1, "pipelined", "batched"),
+                                                (0, "inline", "per_image")])
+def test_gpu_stage_on_cpu_tensors_matches_cpu_path(sets, monkeypatch, rank, feeder, crops):
+    """The packing workers, the decoder and the feeder thread(s), run on the CPU: same
+    samples, labels and steps per epoch, same crops (within the resize tolerance), in
+    every feeder arrangement."""
     monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
-    packed = epoch(sets, decode="gpu", rank=rank)
+    packed = epoch(sets, decode="gpu", rank=rank, gpu_feeder=feeder, gpu_crops=crops)
     cpu = epoch(sets, decode="cpu", rank=rank)
     assert_same_epochs(packed, cpu, mean_tol=1.5, image_tol=3.0)
+
+
+def test_feeder_timings_and_option_errors(sets, monkeypatch):
+    monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
+    for feeder, expected in (("serial", {"feeder_source", "feeder_convert", "feeder_blocked", "nvjpeg"}),
+                             ("pipelined", {"decoder_convert", "cropper_convert", "crops"})):
+        loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0,
+                              rank=0, world_size=1, num_workers=1, decode="gpu", gpu_feeder=feeder)
+        assert len(list(loader)) == len(loader)
+        assert expected <= set(loader.timings) and all(v >= 0 for v in loader.timings.values()), loader.timings
+    with pytest.raises(ValueError, match="gpu_feeder='fast'"):
+        train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0,
+                     world_size=1, num_workers=1, gpu_feeder="fast")
+    with pytest.raises(ValueError, match="gpu_crops='bilinear'"):
+        train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0,
+                     world_size=1, num_workers=1, gpu_crops="bilinear")
 
 
 def test_epoch_and_seed_semantics_carry_over(sets, monkeypatch):
@@ -331,9 +351,9 @@ def test_nvjpeg_equals_a_libjpeg_decode():
 
 
 @needs_cuda
-@pytest.mark.parametrize("image_size", [16, 64])
-def test_gpu_batches_equal_cpu_batches(sets, image_size):
-    on_gpu = epoch(sets, decode="gpu", image_size=image_size)
+@pytest.mark.parametrize("image_size,crops", [(16, "batched"), (64, "batched"), (64, "per_image")])
+def test_gpu_batches_equal_cpu_batches(sets, image_size, crops):
+    on_gpu = epoch(sets, decode="gpu", image_size=image_size, gpu_crops=crops)
     assert all(x.is_cuda and y.is_cuda and o.is_cuda for x, y, o, _ in on_gpu[1])
     cpu = epoch(sets, decode="cpu", image_size=image_size)
     assert_same_epochs(on_gpu, cpu, mean_tol=3.0, image_tol=6.0)
@@ -358,20 +378,28 @@ def test_gpu_batches_feed_a_training_step(sets):
 
 
 @needs_cuda
-def test_gpu_batches_stay_right_while_the_gpu_is_busy(sets):
+@pytest.mark.parametrize("options", [dict(decode="gpu", gpu_feeder="serial", gpu_crops="per_image"),
+                                     dict(decode="gpu", gpu_feeder="serial"),
+                                     dict(decode="gpu", gpu_feeder="pipelined"),
+                                     dict(decode="gpu", gpu_feeder="inline"),
+                                     dict(decode="cpu", prefetch_to_device=True)],
+                         ids=["serial-per-image", "serial", "pipelined", "inline", "cpu-decode-prefetched"])
+def test_gpu_batches_stay_right_while_the_gpu_is_busy(sets, options):
     """Regression (one H100, 2026-11-26): once training stopped syncing every step, the
     decode side stream lagged behind the feeder thread and nvJPEG (which writes on its own
     stream) overwrote memory that queued kernels still read: "index out of bounds" device
     asserts. Here the default stream is kept busy without any host sync while batches
-    arrive; every batch must still be the CPU path's."""
+    arrive; every batch must still be the CPU path's, in every feeder arrangement, and
+    for CPU-decoded batches copied to the GPU ahead on a side stream."""
     loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=32, epoch=1, seed=7, rank=0,
-                          world_size=1, num_workers=2, return_keys=True, decode="gpu")
+                          world_size=1, num_workers=2, return_keys=True, device="cuda", **options)
     load = torch.randn(4096, 4096, device="cuda")
     got = []
     for x, y, o, keys in loader:
         for _ in range(20):  # ~50 ms of fp32 matmuls queued per batch on an H100
             load = load @ load
             load = load / load.norm()
+        assert x.is_cuda and y.is_cuda and o.is_cuda
         got.append((x.clone(), y.clone(), o.clone(), keys))
     assert_same_epochs((len(loader), got), epoch(sets, decode="cpu", world_size=1, image_size=32),
                        mean_tol=3.0, image_tol=6.0)

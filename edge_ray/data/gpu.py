@@ -13,7 +13,9 @@ crop in 14 DataLoader workers delivers ~3k img/s: the CPU input path is the ceil
       normalise on the GPU.
   a feeder thread (`prefetch`)  runs the rank's stage a batch or two ahead on its own
       CUDA stream, so decoding overlaps the training steps queued on the default stream
-      (`engine.train_epoch` reads the loss back only every few steps).
+      (`engine.train_epoch` never waits for the GPU mid-epoch). `reader.FEEDERS` names
+      the other arrangements: decode and crops in two threads ("pipelined"), or crops
+      queued by the training loop on its own stream ("inline").
 
 Same samples, labels, steps and crop boxes as the CPU path; only where pixels are made
 changes. The CPU path may decode a JPEG at 1/2, 1/4 or 1/8 scale (PIL draft mode) and
@@ -27,6 +29,7 @@ path does, and then cropped on the GPU like the rest. No CUDA, or no working nvJ
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -161,26 +164,33 @@ def _concat_bytes(chunks: list[bytes]) -> torch.Tensor:
 class BatchDecoder:
     """The rank half of the GPU stage: `PackedBatch`es -> normalised float32 [B, 3, S, S].
 
-    Several batches (ID and OE) go through one nvJPEG call, which is faster than two.
-    Crops are resized image by image by default (`crop_resize`: a few small kernels per
-    image, which run beside the training step on the side stream and touch only the
-    crop); `batched=True` resizes a whole batch with dense matrix products
-    (`crop_resize_batch`: a handful of launches, but ~100x the arithmetic and memory
-    traffic). On one H100 (benchmarks/README.md) the per-image path fed training at
-    least as fast: GPU time, not launches, is what the training step competes for.
-    The feeder's stream has high priority (`stream_priority=-1`): at normal priority its
-    hundreds of small kernels per batch each waited behind the step's large ones, and
-    training waited for input (benchmarks/README.md, run 3).
+    Two steps, which the loader may run in one feeder thread or split (`reader.FEEDERS`):
+    `decode` (every image of the step's batches as uint8 on the GPU: one nvJPEG call for
+    ID and OE together, which is faster than two) and `finish` (crop, resize, flip,
+    normalise). Crops are resized as a batch by default (`crop_resize_batch`: dense
+    matrix products, a handful of kernels per batch); `batched=False` resizes image by
+    image (`crop_resize`: several small kernels per image, touching only the crop). With
+    the training step running beside it on the same GPU, the batched resize fed training
+    4-5% faster on an H100 (benchmarks/README.md, runs 3 and 4).
+
+    `timings` sums host seconds per part of the work: "stream_wait" (the feeder's stream
+    draining before nvJPEG), "nvjpeg" (the decode call, which returns when its images are
+    done), "crops" (queueing step 2; its GPU time is not seen by the host).
     """
 
-    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = False,
+    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = True,
                  stream_priority: int = -1):
         self.image_size, self.device, self.batched = int(image_size), torch.device(device), batched
         self.stream_priority = stream_priority  # of the feeder's CUDA stream (`prefetch`)
         self.mean = (torch.tensor(mean, dtype=torch.float32) * 255).view(1, 3, 1, 1).to(self.device)
         self.inv_std = (1 / (torch.tensor(std, dtype=torch.float32) * 255)).view(1, 3, 1, 1).to(self.device)
+        self.timings: dict[str, float] = {}
 
     def __call__(self, *batches: PackedBatch | None) -> tuple[torch.Tensor | None, ...]:
+        return self.finish(batches, self.decode(*batches))
+
+    def decode(self, *batches: PackedBatch | None) -> list[list[torch.Tensor] | None]:
+        """Step 1: per batch, its images as uint8 [3, H, W] on the device, in order."""
         jpegs = iter(self._decode_jpegs([b for b in batches if b is not None]))
         out = []
         for b in batches:
@@ -188,20 +198,34 @@ class BatchDecoder:
                 out.append(None)
                 continue
             pixels = iter(self._pixels(b))
-            images = [next(jpegs) if gpu else next(pixels) for gpu in b.on_gpu]
+            out.append([next(jpegs) if gpu else next(pixels) for gpu in b.on_gpu])
+        return out
+
+    def finish(self, batches, images) -> tuple[torch.Tensor | None, ...]:
+        """Step 2: crop, resize, flip and normalise `decode`'s images, batch by batch."""
+        started = time.perf_counter()
+        out = []
+        for b, imgs in zip(batches, images):
+            if b is None:
+                out.append(None)
+                continue
             if self.batched:
                 boxes = self.upload(torch.tensor(b.boxes, dtype=torch.float32).view(-1, 4))
                 flips = self.upload(torch.tensor(b.flips, dtype=torch.bool))
-                x = crop_resize_batch(images, boxes, flips, self.image_size)
+                x = crop_resize_batch(imgs, boxes, flips, self.image_size)
             else:
                 x = torch.stack([crop_resize(img, box, False, self.image_size)
-                                 for img, box in zip(images, b.boxes)])
+                                 for img, box in zip(imgs, b.boxes)])
                 flipped = [i for i, flip in enumerate(b.flips) if flip]
                 if flipped:  # one batched flip instead of a kernel per image
                     rows = self.upload(torch.tensor(flipped))
                     x[rows] = x[rows].flip(-1)
             out.append(x.sub_(self.mean).mul_(self.inv_std))
+        self._add("crops", started)
         return tuple(out)
+
+    def _add(self, key: str, started: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
 
     def upload(self, t: torch.Tensor) -> torch.Tensor:
         """Host -> device without waiting: from pageable memory a copy may first wait for
@@ -224,13 +248,17 @@ class BatchDecoder:
             # indices, crop boxes, decoded images) could be overwritten before they ran.
             # Seen on an H100 once training stopped syncing every step: garbage indices,
             # "index out of bounds" device asserts. Let this stream's queued work finish.
+            started = time.perf_counter()
             torch.cuda.current_stream(self.device).synchronize()
+            self._add("stream_wait", started)
+        started = time.perf_counter()
         try:
             images = decode_jpeg(data, self.device)
         except RuntimeError as err:  # nvJPEG fails a whole batch for one bad file
             warn_once(f"nvJPEG failed on a batch ({str(err).splitlines()[0]}); decoding that "
                       "batch with PIL")
             return [self._pil(b, i, d) for (b, i), d in zip(where, data)]
+        self._add("nvjpeg", started)
         return [img if tuple(img.shape[1:]) == b.sizes[i] else self._pil(b, i, d)
                 for img, (b, i), d in zip(images, where, data)]
 

@@ -32,6 +32,13 @@ from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transfo
 __all__ = ["TrainLoader", "EvalLoader", "train_loader", "eval_loader", "steps_per_epoch",
            "read_labels", "multi_hot"]
 DECODERS = ("cpu", "gpu")
+# How the rank runs the GPU stage's two steps (`gpu.BatchDecoder.decode`, `.finish`):
+#   serial     one feeder thread does both, a batch or two ahead, on its own stream;
+#   pipelined  one thread decodes (nvJPEG) while a second crops the previous batch;
+#   inline     a thread decodes; the crops are queued by the training loop itself, on the
+#              training stream, between steps (no crop kernels beside the step's).
+FEEDERS = ("serial", "pipelined", "inline")
+CROPS = ("batched", "per_image")
 
 
 def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_size: int,
@@ -39,7 +46,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  world_size: int, num_workers: int, hflip: bool = True,
                  crop_scale=(0.5, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
-                 pin_memory: bool = False, device=None) -> "TrainLoader":
+                 pin_memory: bool = False, device=None, gpu_feeder: str = "serial",
+                 gpu_crops: str = "batched", prefetch_to_device: bool = False) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
@@ -47,6 +55,9 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     `oe_index=None` (methods without outlier exposure) yields `x_oe = None`.
     `decode="gpu"` decodes on `device` (default: the current CUDA device) and yields
     tensors already there; without CUDA it warns once and decodes on the CPU.
+    `gpu_feeder` (`FEEDERS`) and `gpu_crops` (`CROPS`) choose how that GPU stage runs.
+    `prefetch_to_device` (CPU decode, CUDA `device`): a thread copies each batch to the
+    GPU on its own stream a batch ahead, so the copy overlaps the previous step.
     """
     _check_role(id_index, "id")
     if oe_index is not None:
@@ -57,6 +68,10 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         raise ValueError(f"ID set {id_index.name!r} lists no classes in its index.json")
     if decode not in DECODERS:
         raise ValueError(f"decode={decode!r}: choose one of {DECODERS}")
+    if gpu_feeder not in FEEDERS:
+        raise ValueError(f"gpu_feeder={gpu_feeder!r}: choose one of {FEEDERS}")
+    if gpu_crops not in CROPS:
+        raise ValueError(f"gpu_crops={gpu_crops!r}: choose one of {CROPS}")
     _check_ranks(rank, world_size, num_workers)
     decode_on = gpu.resolve_device(device) if decode == "gpu" else None
     stream = _TrainStream(
@@ -64,8 +79,12 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         seed=seed, rank=rank, world_size=world_size, num_workers=max(1, num_workers),
         transform=train_transform(image_size, hflip=hflip, crop_scale=crop_scale, mean=mean, std=std),
         shuffle_buffer=shuffle_buffer, return_keys=return_keys, packed=decode_on is not None)
-    decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on)
-    return TrainLoader(stream, num_workers, pin_memory, decoder)
+    decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on,
+                                                              batched=gpu_crops == "batched")
+    upload_to = None
+    if decoder is None and prefetch_to_device and device is not None and torch.device(device).type == "cuda":
+        upload_to = torch.device(device)
+    return TrainLoader(stream, num_workers, pin_memory, decoder, feeder=gpu_feeder, upload_to=upload_to)
 
 
 def eval_loader(index: ShardIndex, *, batch_size: int, image_size: int, rank: int = 0,
@@ -125,22 +144,46 @@ class TrainLoader(_Loader):
     """Iterating yields exactly `len(self)` batches, the same number on every rank."""
 
     def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool,
-                 decoder: "gpu.BatchDecoder | None" = None):
+                 decoder: "gpu.BatchDecoder | None" = None, feeder: str = "serial",
+                 upload_to: torch.device | None = None):
         super().__init__(stream, num_workers, pin_memory)
-        self.decoder = decoder
+        self.decoder, self.feeder, self.upload_to = decoder, feeder, upload_to
+        # Host seconds per part of the input work, summed over epochs (`prefetch`, `BatchDecoder`).
+        self.timings: dict[str, float] = decoder.timings if decoder is not None else {}
 
     def _batches(self) -> Iterator:
         batches = super()._batches()
-        if self.decoder is None:
-            return batches
-        return gpu.prefetch(batches, self._decode_packed, self.decoder.device,
-                            priority=self.decoder.stream_priority)
+        d = self.decoder
+        if d is None:
+            if self.upload_to is None:
+                return batches
+            return gpu.prefetch(batches, self._upload, self.upload_to, priority=-1, timings=self.timings)
+        if self.feeder == "serial":
+            return gpu.prefetch(batches, self._decode_packed, d.device, priority=d.stream_priority,
+                                timings=self.timings)
+        decoded = gpu.prefetch(batches, self._decode_step, d.device, priority=d.stream_priority,
+                               timings=self.timings, name="decoder")
+        if self.feeder == "pipelined":
+            return gpu.prefetch(decoded, self._finish_step, d.device, priority=d.stream_priority,
+                                timings=self.timings, name="cropper")
+        return (self._finish_step(b) for b in decoded)  # inline: on the training stream
 
     def _decode_packed(self, batch: tuple) -> tuple:
         """The GPU stage of one step: ID and OE through one nvJPEG call, labels moved along."""
+        return self._finish_step(self._decode_step(batch))
+
+    def _decode_step(self, batch: tuple) -> tuple:
         packed_id, y, packed_oe, *keys = batch
-        x_id, x_oe = self.decoder(packed_id, packed_oe)
-        return (x_id, self.decoder.upload(y), x_oe, *keys)
+        return (packed_id, self.decoder.upload(y), packed_oe, keys, self.decoder.decode(packed_id, packed_oe))
+
+    def _finish_step(self, item: tuple) -> tuple:
+        packed_id, y, packed_oe, keys, images = item
+        x_id, x_oe = self.decoder.finish((packed_id, packed_oe), images)
+        return (x_id, y, x_oe, *keys)
+
+    def _upload(self, batch: tuple) -> tuple:
+        return tuple(t.to(self.upload_to, non_blocking=True) if isinstance(t, torch.Tensor) else t
+                     for t in batch)
 
     def __len__(self) -> int:
         return self.stream.steps

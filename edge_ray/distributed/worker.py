@@ -107,9 +107,12 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             epoch=epoch, seed=cfg.train.seed, rank=rank, world_size=world,
                             num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
                             crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std,
-                            decode=cfg.data.decode, device=device,
-                            # CPU-decoded batches pinned: their copies to the GPU then need no sync
-                            pin_memory=on_gpu and cfg.data.decode == "cpu")
+                            decode=cfg.data.decode, device=device, gpu_feeder=cfg.data.gpu_feeder,
+                            gpu_crops=cfg.data.gpu_crops,
+                            # CPU-decoded batches pinned and copied to the GPU by a thread on
+                            # its own stream, a batch ahead: the copy overlaps the last step
+                            pin_memory=on_gpu and cfg.data.decode == "cpu",
+                            prefetch_to_device=on_gpu)
 
     steps = len(loader_for(0))
     opt = engine.make_optimizer(model, cfg.train)
@@ -135,7 +138,9 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         stats = engine.train_epoch(model, loader, loss_fn, opt, sched, epoch=epoch,
                                    opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
         bar.close()
-        metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()},
+        # Where the input thread(s) spent the epoch (host seconds): see TrainLoader.timings.
+        inputs = {f"input_{k}_s": round(v, 3) for k, v in getattr(loader, "timings", {}).items()}
+        metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()}, **inputs,
                    "steps_per_rank": _gather_steps(stats["steps"], device), "lr": sched.get_last_lr()[0],
                    "beta_active": cfg.loss.method == "edge" and epoch >= cfg.loss.tau,
                    "resumes": resumes, "world_size": world}
