@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Issue 9 on one GPU host, in one go (about 5 minutes expected; hard limits add up to 9):
+# Issue 9 on one GPU host, in one go (about 7 minutes expected; hard limits add up to 10):
 #   1. which packages are there (a no-op stand-in for tqdm if it is missing);
-#   2. python -m pytest -q -s tests/test_gpu_decode.py  (nvJPEG vs both libjpeg decodes,
-#      printed per file; GPU vs CPU batches);
-#   3. benchmarks/throughput.py: (a) synthetic eager/compiled, (d)/(d') in-process
-#      GPU-decode loader with batched / per-image crops, (c) Ray worker + GPU decode,
-#      (b) Ray worker + CPU decode, on 32768 ID + 4096 OE synthetic 320px JPEGs built in
-#      /tmp/edge-bench-shards (about 2 GB).
+#   2. python -m pytest -q -s tests/test_gpu_decode.py tests/test_engine.py  (nvJPEG vs
+#      both libjpeg decodes, printed per file; GPU vs CPU batches in every feeder
+#      arrangement, also with the GPU busy; the async loss read-back on CUDA);
+#   3. benchmarks/throughput.py: (a) synthetic eager/compiled, (d) in-process GPU-decode
+#      loader in four arrangements (feeder/crops) plus a profiler trace of the last, (e) the
+#      loader alone, (c) Ray worker + GPU decode as the fastest (d), (b) Ray worker + CPU
+#      decode, on 32768 ID + 4096 OE synthetic 320px JPEGs built in /tmp/edge-bench-shards
+#      (about 2 GB).
 # Run from the repository root after the wheels are installed, e.g.
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled \
 #     && bash benchmarks/device_run.sh
-# PARTS=a,d,c skips (b). Results land in $OUT (default /tmp/edge-device-out): env.txt, pytest.txt,
-# throughput.txt, throughput.json; the Markdown table at the end of throughput.txt is
-# the one benchmarks/README.md records.
+# PARTS=a,d,c skips (b). Results land in $OUT (default /tmp/edge-device-out): env.txt,
+# pytest.txt, throughput.txt, throughput.json, trace_d.json.gz and profile_d.txt
+# (torch.profiler, 8 steps of (d): open the trace in Perfetto); the Markdown table at the
+# end of throughput.txt is the one benchmarks/README.md records.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/edge-device-out}
@@ -66,7 +69,8 @@ EOF
 fi
 
 if "$PY" -c "import pytest" 2>/dev/null; then
-  timeout 90 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_gpu_decode.py 2>&1 | tee "$OUT/pytest.txt"
+  timeout 120 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_gpu_decode.py tests/test_engine.py 2>&1 \
+    | tee "$OUT/pytest.txt"
 else
   echo "pytest missing: tests/test_gpu_decode.py not run (add the pytest, pluggy and iniconfig wheels)" \
     | tee "$OUT/pytest.txt"
@@ -74,7 +78,7 @@ fi
 echo "tests done at $(( $(date +%s) - start ))s"
 
 # (c) before (b): if time runs short, the target's number is the one to keep.
-timeout 450 "$PY" benchmarks/throughput.py --parts "${PARTS:-a,d,c,b}" --synthetic-timeout 300 \
-  --shards-dir /tmp/edge-bench-shards \
+timeout 520 "$PY" benchmarks/throughput.py --parts "${PARTS:-a,d,c,b}" --synthetic-timeout 330 \
+  --shards-dir /tmp/edge-bench-shards --profile-dir "$OUT" \
   --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
 echo "device_run.sh finished in $(( $(date +%s) - start ))s"

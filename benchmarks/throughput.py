@@ -2,17 +2,23 @@
 
 One run, one GPU, the same ResNet-50 EDGE step and epoch loop throughout (bf16 autocast,
 channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
-`engine.train_epoch`, which reads the loss back every 10 steps):
+`engine.train_epoch`, which never waits for the GPU mid-epoch):
 
   (a) synthetic    one batch resident in GPU memory, eager and torch.compile: the limit;
   (b) ray, cpu     the project's Ray Train worker (`run_training`, 1 GPU worker) on JPEG
                    shards, decoded by PIL in DataLoader workers (data.decode=cpu);
-  (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU);
+  (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU), its GPU
+                   stage arranged as `--c-variant` (default: the fastest (d));
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
-                   no Ray: where (c) loses against (a), this says whether Ray is the cause;
-                   (d') the same with crops resized as one batch (matrix products);
-                   (d'') (d) with the feeder's CUDA stream at normal, not high, priority;
-                   (e) the GPU-decode loader alone, no training: the input path's own speed.
+                   no Ray, once per `--d-variants` arrangement ('feeder/crops', the
+                   data.gpu_feeder / data.gpu_crops settings); where (c) loses against
+                   (a), this says whether Ray is the cause; `--profile-dir` adds a
+                   torch.profiler trace of 8 steps of the last variant;
+  (e) diagnostic   the GPU-decode loader alone, no training: the input path's own speed.
+
+Where CUDA is there, (a) and (d) also time each step on the training stream with CUDA
+events: "GPU ms/step" (median) against (a)'s says whether the step itself got slower
+beside the decode work; "training stream busy" below 100% means it waited for input.
 
     python benchmarks/throughput.py --json throughput.json      # on a GPU host
     python benchmarks/throughput.py --smoke                     # tiny, CPU, under a minute
@@ -153,25 +159,119 @@ def synthetic(args) -> dict:
             net = eager
             break
         warm = time.perf_counter() - start
-        stats = engine.train_epoch(net, [batch] * args.steps, loss_fn, opt, sched, epoch=1, opts=opts)
+        marks: list = []
+        stats = engine.train_epoch(net, marked([batch] * args.steps, marks, cuda), loss_fn, opt, sched,
+                                   epoch=1, opts=opts)
         seconds = stats["seconds"]
         out[mode] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
-                     "warmup_s": warm, "steps": args.steps,
+                     "warmup_s": warm, "steps": args.steps, **gpu_spans(marks),
                      "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
                      "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None}
         print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
     if "d" in args.parts.split(","):
         del batch
-        # Saved after each part: a CUDA error aborts the process and would lose them all.
-        save_partial(args, out)
-        out["in_process_normal_priority"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False, priority=0)
-        save_partial(args, out)
-        out["in_process"] = loader_epoch(args, net, loss_fn, opt, opts, batched=False)
-        save_partial(args, out)
-        out["in_process_batched"] = loader_epoch(args, net, loss_fn, opt, opts, batched=True)
+        out["in_process"] = {}
+        for variant in variants(args.d_variants):
+            # Saved after each part: a CUDA error aborts the process and would lose them all.
+            save_partial(args, out)
+            out["in_process"][variant] = loader_epoch(args, net, loss_fn, opt, opts, variant)
+        if args.profile_dir:
+            save_partial(args, out)
+            out["profile"] = profile_steps(args, net, loss_fn, opt, opts, variants(args.d_variants)[-1])
         save_partial(args, out)
         out["decode_only"] = decode_only(args, opts)
     return out
+
+
+def variants(text: str) -> list[str]:
+    """'serial/batched,pipelined/batched' -> checked 'feeder/crops' names."""
+    from edge_ray.data.reader import CROPS, FEEDERS
+
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    for v in out:
+        feeder, _, crops = v.partition("/")
+        if feeder not in FEEDERS or crops not in CROPS:
+            raise SystemExit(f"--d-variants: {v!r} is not feeder/crops with feeder in {FEEDERS}, "
+                             f"crops in {CROPS}")
+    return out
+
+
+def marked(batches, marks: list, cuda: bool, limit: int | None = None, profiler=None):
+    """Yield `batches`, recording a CUDA event on the training stream when each step
+    starts (its input is ready) and when the next batch is asked for (the step is
+    queued): the GPU's time per step, and the gaps in which it waited for input or host."""
+    import torch
+
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            return
+        start = None
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+        yield batch
+        if cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            marks.append((start, end))
+        if profiler is not None:
+            profiler.step()
+
+
+def gpu_spans(marks: list, skip: int = 3) -> dict:
+    """From `marked`'s events: median GPU ms per step (`gpu_step_ms`), mean ms between a
+    step's end and the next one's start (`gpu_gap_ms`) and the share of the span the
+    training stream was busy with steps (`gpu_busy`); the first `skip` steps left out."""
+    import torch
+
+    marks = marks[skip:]
+    if len(marks) < 2:
+        return {}
+    torch.cuda.synchronize()
+    steps = [s.elapsed_time(e) for s, e in marks]
+    gaps = [marks[i][1].elapsed_time(marks[i + 1][0]) for i in range(len(marks) - 1)]
+    span = marks[0][0].elapsed_time(marks[-1][1])
+    return {"gpu_step_ms": float(np.median(steps)), "gpu_gap_ms": float(np.mean(gaps)),
+            "gpu_busy": sum(steps) / span if span > 0 else None}
+
+
+def profile_steps(args, net, loss_fn, opt, opts, variant: str) -> dict:
+    """A torch.profiler trace of 8 steps of (d) with `variant`, after 30 steps of warm-up
+    (fewer of both on a short epoch):
+    a gzipped Chrome trace (open in Perfetto: one row per CUDA stream and host thread) and
+    the kernel table, in `--profile-dir`."""
+    import gzip
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    out_dir = Path(args.profile_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loader = make_loader(args, opts, variant)
+    loader.start()
+    time.sleep(2.0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if opts.device.type == "cuda" else [])
+    steps = len(loader)
+    wait = min(30, max(0, steps - 12))
+    active = max(1, min(8, steps - wait - 2))
+    marks: list = []
+    with profile(activities=activities, schedule=schedule(wait=wait, warmup=1, active=active, repeat=1)) as prof:
+        engine_epoch(net, marked(loader, marks, opts.device.type == "cuda", limit=wait + active + 2,
+                                 profiler=prof), loss_fn, opt, opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        trace = out_dir / "trace_d.json.gz"
+        with open(raw, "rb") as src, gzip.open(trace, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    sort = "self_cuda_time_total" if opts.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=45)
+    (out_dir / "profile_d.txt").write_text(f"(d) {variant}, {active} steps after {wait + 1}\n\n{table}\n")
+    del loader
+    torch.cuda.empty_cache() if opts.device.type == "cuda" else None
+    print(f"(d) {variant}: profile of {active} steps in {out_dir}", flush=True)
+    return {"variant": variant, "trace": str(trace), "table": str(out_dir / "profile_d.txt"),
+            "trace_mib": round(trace.stat().st_size / 2**20, 2), **gpu_spans(marks, skip=wait)}
 
 
 def save_partial(args, out: dict) -> None:
@@ -179,18 +279,30 @@ def save_partial(args, out: dict) -> None:
         Path(args.synthetic_child).write_text(json.dumps({**out, "partial": True}))
 
 
+def make_loader(args, opts, variant: str = "serial/batched"):
+    from edge_ray.data import load_index, train_loader
+
+    feeder, _, crops = variant.partition("/")
+    shards = Path(args.shards_dir)
+    return train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
+                        batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
+                        image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
+                        num_workers=args.loader_workers, decode="gpu", device=opts.device,
+                        gpu_feeder=feeder, gpu_crops=crops)
+
+
+def engine_epoch(net, batches, loss_fn, opt, opts) -> dict:
+    from edge_ray import engine
+
+    return engine.train_epoch(net, batches, loss_fn, opt, None, epoch=1, opts=opts)
+
+
 def decode_only(args, opts) -> dict:
     """(e): one epoch of the GPU-decode loader with no training step: how fast the input
     path runs with the GPU to itself (its GPU cost: (e) far above (a) leaves room)."""
     import torch
 
-    from edge_ray.data import load_index, train_loader
-
-    shards = Path(args.shards_dir)
-    loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
-                          batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
-                          image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
-                          num_workers=args.loader_workers, decode="gpu", device=opts.device)
+    loader = make_loader(args, opts)
     loader.start()
     time.sleep(2.0)
     start, images, steps = time.perf_counter(), 0, 0
@@ -202,24 +314,16 @@ def decode_only(args, opts) -> dict:
     seconds = time.perf_counter() - start
     rate = images / max(seconds, 1e-9)
     print(f"(e) GPU-decode loader alone: {rate:.1f} img/s", flush=True)
-    return {"img_per_s": rate, "steps": steps, "seconds": seconds}
+    return {"img_per_s": rate, "steps": steps, "seconds": seconds,
+            "input_s": {k: round(v, 3) for k, v in loader.timings.items()}}
 
 
-def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool, priority: int = -1) -> dict:
-    """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process;
-    crops resized image by image (the default) or as a batch (`BatchDecoder(batched=True)`)."""
+def loader_epoch(args, net, loss_fn, opt, opts, variant: str) -> dict:
+    """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process,
+    with the feeder arrangement and crop resize of `variant` ('feeder/crops')."""
     import torch
 
-    from edge_ray import engine
-    from edge_ray.data import load_index, train_loader
-
-    shards = Path(args.shards_dir)
-    loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
-                          batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
-                          image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
-                          num_workers=args.loader_workers, decode="gpu", device=opts.device)
-    if loader.decoder is not None:
-        loader.decoder.batched, loader.decoder.stream_priority = batched, priority
+    loader = make_loader(args, opts, variant)
     cuda = opts.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(opts.device)
@@ -227,14 +331,17 @@ def loader_epoch(args, net, loss_fn, opt, opts, *, batched: bool, priority: int 
     start = time.perf_counter()
     loader.start()
     time.sleep(2.0)
-    stats = engine.train_epoch(net, loader, loss_fn, opt, None, epoch=1, opts=opts)
+    marks: list = []
+    stats = engine_epoch(net, marked(loader, marks, cuda), loss_fn, opt, opts)
     rate, wait = stats["images_per_s"], stats["data_wait_s"] / stats["seconds"]
-    how = ("batched" if batched else "per-image") + ("" if priority < 0 else ", normal-priority stream")
-    print(f"(d) in-process GPU-decode loader, {how} crops: {rate:.1f} img/s, waiting for input "
-          f"{100 * wait:.1f}% of the time", flush=True)
-    return {"img_per_s": rate, "steps": stats["steps"], "batched_crops": batched, "stream_priority": priority,
-            "data_wait_s": stats["data_wait_s"], "data_wait_fraction": wait,
-            "wall_s_incl_worker_start": time.perf_counter() - start,
+    spans = gpu_spans(marks) if cuda else {}
+    busy = f", training stream busy {100 * spans['gpu_busy']:.1f}%" if spans.get("gpu_busy") else ""
+    print(f"(d) {variant}: {rate:.1f} img/s, waiting for input {100 * wait:.1f}% of the time{busy}",
+          flush=True)
+    return {"img_per_s": rate, "steps": stats["steps"], "variant": variant,
+            "data_wait_s": stats["data_wait_s"], "data_wait_fraction": wait, "sync_wait_s": stats["sync_wait_s"],
+            "wall_s_incl_worker_start": time.perf_counter() - start, **spans,
+            "input_s": {k: round(v, 3) for k, v in loader.timings.items()},
             "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
             "peak_reserved_gib": torch.cuda.max_memory_reserved(opts.device) / 2**30 if cuda else None}
 
@@ -300,8 +407,10 @@ class GpuMemoryPeak:
             self._thread.join()
 
 
-def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gpu: bool) -> dict:
-    """(b) or (c): `run_training` with one Ray Train worker; img/s of the epochs after the first."""
+def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gpu: bool,
+            variant: str = "serial/batched") -> dict:
+    """(b) or (c): `run_training` with one Ray Train worker; img/s of the epochs after the
+    first. (c) runs the GPU stage as `variant` ('feeder/crops')."""
     from edge_ray.config import from_dict
     from edge_ray.distributed.trainer import run_training
 
@@ -309,7 +418,8 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
     cfg = from_dict({
         "data": {"id_train": str(id_dir), "oe": str(oe_dir), "image_size": args.image_size,
                  "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
-                 "loader_workers": args.loader_workers, "decode": decode},
+                 "loader_workers": args.loader_workers, "decode": decode,
+                 "gpu_feeder": variant.partition("/")[0], "gpu_crops": variant.partition("/")[2]},
         "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker},
         "loss": {"method": "edge", "k": min(32, args.batch_size)},
         "train": {"epochs": args.epochs, "num_workers": 1, "use_gpu": use_gpu, "amp": True,
@@ -318,7 +428,8 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
     start = time.perf_counter()
     with GpuMemoryPeak() as memory:
         summary = run_training(cfg)
-    epochs = [{k: h.get(k) for k in ("epoch", "steps", "images", "seconds", "images_per_s", "data_wait_s")}
+    epochs = [{k: v for k, v in h.items() if k in ("epoch", "steps", "images", "seconds", "images_per_s",
+                                                   "data_wait_s", "sync_wait_s") or k.startswith("input_")}
               for h in summary.history]
     counted = [e for e in epochs if e["epoch"] > 1] or epochs
     seconds = sum(e["seconds"] for e in counted)
@@ -326,7 +437,8 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
     wait = sum(e["data_wait_s"] or 0.0 for e in counted) / seconds
     print(f"({'b' if decode == 'cpu' else 'c'}) ray, {decode} decode: {rate:.1f} img/s, waiting for "
           f"input {100 * wait:.1f}% of the time", flush=True)
-    return {"img_per_s": rate, "decode": decode, "epochs": epochs, "wall_s": time.perf_counter() - start,
+    return {"img_per_s": rate, "decode": decode, "variant": variant if decode == "gpu" else None,
+            "epochs": epochs, "wall_s": time.perf_counter() - start,
             "data_wait_fraction": wait,
             "peak_gpu_memory_gib": memory.peak, "compile": args.compile_worker,
             "loader_workers": args.loader_workers}
@@ -351,38 +463,45 @@ def start_ray(args, use_gpu: bool) -> bool:
 
 ROWS = [("a_eager", "(a) synthetic, eager"), ("a_compiled", "(a) synthetic, torch.compile"),
         ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode"),
-        ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode"),
-        ("d_in_process_gpu_decode", "(d) no Ray: compiled step + GPU-decode loader"),
-        ("d_in_process_normal_priority", "(d'') as (d), feeder stream at normal priority"),
-        ("d_in_process_batched", "(d') as (d), crops resized as one batch"),
-        ("e_decode_only", "(e) GPU-decode loader alone, no training")]
+        ("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode")]
+
+
+def rows(results: dict) -> list[tuple[str, str, dict]]:
+    """(key, label, result) per measured row, (d) variants in the order they ran."""
+    a = results.get("a_synthetic", {})
+    out = [("a_eager", "(a) synthetic, eager", a.get("eager", {})),
+           ("a_compiled", "(a) synthetic, torch.compile", a.get("compiled", {})),
+           ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode", results.get("b_ray_cpu_decode", {}))]
+    c = results.get("c_ray_gpu_decode", {})
+    out.append(("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode" + (f", {c['variant']}" if c.get("variant") else ""),
+                c))
+    for variant, r in a.get("in_process", {}).items():
+        out.append((f"d_{variant}", f"(d) no Ray: compiled step + GPU-decode loader, {variant}", r))
+    out.append(("e_decode_only", "(e) GPU-decode loader alone, no training", a.get("decode_only", {})))
+    return out
+
+
+def best_variant(results: dict) -> str | None:
+    """The (d) variant that trained fastest, or None when (d) did not run."""
+    measured = {v: r["img_per_s"] for v, r in results.get("a_synthetic", {}).get("in_process", {}).items()
+                if r.get("img_per_s")}
+    return max(measured, key=measured.get) if measured else None
 
 
 def summarise(results: dict, smoke: bool = False) -> dict:
-    a = results.get("a_synthetic", {})
-    rates = {"a_eager": a.get("eager", {}).get("img_per_s"), "a_compiled": a.get("compiled", {}).get("img_per_s"),
-             "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("img_per_s"),
-             "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("img_per_s"),
-             "d_in_process_gpu_decode": a.get("in_process", {}).get("img_per_s"),
-             "d_in_process_normal_priority": a.get("in_process_normal_priority", {}).get("img_per_s"),
-             "d_in_process_batched": a.get("in_process_batched", {}).get("img_per_s"),
-             "e_decode_only": a.get("decode_only", {}).get("img_per_s")}
-    ratio = {k: (v / rates["a_compiled"] if v and rates["a_compiled"] else None) for k, v in rates.items()}
-    memory = {"a_eager": a.get("eager", {}).get("peak_reserved_gib"),
-              "a_compiled": a.get("compiled", {}).get("peak_reserved_gib"),
-              "b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("peak_gpu_memory_gib"),
-              "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("peak_gpu_memory_gib"),
-              "d_in_process_gpu_decode": a.get("in_process", {}).get("peak_reserved_gib"),
-              "d_in_process_normal_priority": a.get("in_process_normal_priority", {}).get("peak_reserved_gib"),
-             "d_in_process_batched": a.get("in_process_batched", {}).get("peak_reserved_gib")}
-    wait = {"b_ray_cpu_decode": results.get("b_ray_cpu_decode", {}).get("data_wait_fraction"),
-            "c_ray_gpu_decode": results.get("c_ray_gpu_decode", {}).get("data_wait_fraction"),
-            "d_in_process_gpu_decode": a.get("in_process", {}).get("data_wait_fraction"),
-            "d_in_process_normal_priority": a.get("in_process_normal_priority", {}).get("data_wait_fraction"),
-             "d_in_process_batched": a.get("in_process_batched", {}).get("data_wait_fraction")}
+    table_rows = rows(results)
+    rates = {k: r.get("img_per_s") for k, _, r in table_rows}
+    compiled = rates["a_compiled"]
+    ratio = {k: (v / compiled if v and compiled else None) for k, v in rates.items()}
+    memory = {k: r.get("peak_gpu_memory_gib", r.get("peak_reserved_gib")) for k, _, r in table_rows}
+    wait = {k: r.get("data_wait_fraction") for k, _, r in table_rows}
+    busy = {k: r.get("gpu_busy") for k, _, r in table_rows}
+    step = {k: r.get("gpu_step_ms") for k, _, r in table_rows}
     c = ratio["c_ray_gpu_decode"]
     known = [m for m in memory.values() if m is not None]
     return {"img_per_s": rates, "ratio_to_a_compiled": ratio, "gpu_memory_gib": memory, "data_wait": wait,
+            "gpu_busy": busy, "gpu_step_ms": step, "labels": {k: label for k, label, _ in table_rows},
+            "best_d_variant": best_variant(results),
             "target": {"c_over_a_compiled_min": 0.95, "memory_max_gib": 60,
                        "met": None if c is None or smoke else bool(c >= 0.95 and all(m < 60 for m in known))}}
 
@@ -395,14 +514,18 @@ def table(summary: dict, meta: dict) -> str:
              f"model {meta['model']}, {meta['image_size']}px, batch {meta['batch_size']} ID + "
              f"{meta['oe_batch_size']} OE, {meta['id_images']} ID / {meta['oe_images']} OE JPEGs of "
              f"{meta['source_size']}px, {meta['loader_workers']} loader workers", "",
-             "| measurement | img/s | × (a) compiled | GPU memory GiB | waiting for input |",
-             "|---|---:|---:|---:|---:|"]
-    for key, label in ROWS:
-        rate, ratio = summary["img_per_s"][key], summary["ratio_to_a_compiled"][key]
-        mem, wait = summary["gpu_memory_gib"].get(key), summary["data_wait"].get(key)
-        lines.append(f"| {label} | {'—' if rate is None else f'{rate:,.0f}'} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}'} | {'—' if mem is None else f'{mem:.1f}'} | "
-                     f"{'—' if wait is None else f'{100 * wait:.1f}%'} |")
+             "| measurement | img/s | × (a) compiled | GPU memory GiB | waiting for input | GPU ms/step | training stream busy |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def fmt(value, spec: str, scale: float = 1.0) -> str:
+        return "—" if value is None else format(value * scale, spec)
+
+    for key, label in summary["labels"].items():
+        lines.append(f"| {label} | {fmt(summary['img_per_s'][key], ',.0f')} | "
+                     f"{fmt(summary['ratio_to_a_compiled'][key], '.2f')} | {fmt(summary['gpu_memory_gib'][key], '.1f')} | "
+                     f"{fmt(summary['data_wait'][key], '.1f', 100)}{'' if summary['data_wait'][key] is None else '%'} | "
+                     f"{fmt(summary['gpu_step_ms'][key], '.1f')} | "
+                     f"{fmt(summary['gpu_busy'][key], '.1f', 100)}{'' if summary['gpu_busy'][key] is None else '%'} |")
     met = summary["target"]["met"]
     verdict = "n/a" if met is None else "met" if met else "NOT met"
     lines += ["", f"target (c) >= 0.95 x (a) compiled and < 60 GiB: {verdict}"]
@@ -429,6 +552,12 @@ def parse(argv=None):
     p.add_argument("--compile-backend", default="inductor", help="(a) compiled: torch.compile backend")
     p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
                    help="(b), (c): run the worker's model eager (model.compile=false)")
+    p.add_argument("--d-variants", default="serial/per_image,pipelined/batched,inline/batched,serial/batched",
+                   help="(d): GPU-stage arrangements to time, feeder/crops (data.gpu_feeder / data.gpu_crops); "
+                        "the last one is profiled with --profile-dir")
+    p.add_argument("--c-variant", default="best",
+                   help="(c): feeder/crops for the Ray worker, or 'best': the fastest (d) variant")
+    p.add_argument("--profile-dir", help="(d): write a torch.profiler trace of 8 steps and its kernel table here")
     p.add_argument("--synthetic-timeout", type=float, default=400)
     p.add_argument("--synthetic-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -499,11 +628,17 @@ def main(argv=None) -> dict:
 
             meta["ray"] = ray.__version__
             owned = start_ray(args, use_gpu)
+            variant = args.c_variant
+            if variant == "best":
+                variant = best_variant(results) or "serial/batched"
+                print(f"(c) runs the GPU stage as {variant}" + (" (the fastest (d))" if best_variant(results)
+                                                               else " (the default; (d) did not run)"), flush=True)
+            variants(variant)  # checked
             try:
                 for part in ray_parts:
                     decode = "cpu" if part == "b" else "gpu"
                     attempt(f"{part}_ray_{decode}_decode",
-                            lambda: ray_run(args, decode, id_dir, oe_dir, tmp / "runs", use_gpu))
+                            lambda: ray_run(args, decode, id_dir, oe_dir, tmp / "runs", use_gpu, variant))
             finally:
                 if owned:
                     ray.shutdown()

@@ -28,8 +28,9 @@ def test_rank_oe_smoke(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_throughput_smoke(ray_local, tmp_path):
-    """Every part (a, b, c, d, d') runs and reports a rate; the target is not judged on a CPU."""
-    report = throughput.main(["--smoke", "--json", str(tmp_path / "t.json")])
+    """Every part (a, b, c, each (d) variant, e) runs and reports a rate, (c) runs the
+    fastest (d) arrangement, the profile is written; the target is not judged on a CPU."""
+    report = throughput.main(["--smoke", "--json", str(tmp_path / "t.json"), "--profile-dir", str(tmp_path / "prof")])
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     for key, rate in report["summary"]["img_per_s"].items():
@@ -38,6 +39,13 @@ def test_throughput_smoke(ray_local, tmp_path):
         assert "error" not in report["results"][key], report["results"][key]
     assert report["summary"]["ratio_to_a_compiled"]["a_compiled"] == pytest.approx(1.0)
     assert report["summary"]["target"]["met"] is None
+    d_runs = report["results"]["a_synthetic"]["in_process"]
+    assert set(d_runs) == set(throughput.variants(throughput.parse(["--smoke"]).d_variants))
+    best = report["summary"]["best_d_variant"]
+    assert d_runs[best]["img_per_s"] == max(r["img_per_s"] for r in d_runs.values())
+    assert report["results"]["c_ray_gpu_decode"]["variant"] == best
+    assert (tmp_path / "prof" / "trace_d.json.gz").stat().st_size > 1000
+    assert "Self CPU" in (tmp_path / "prof" / "profile_d.txt").read_text()
     epochs = report["results"]["c_ray_gpu_decode"]["epochs"]
     assert epochs and all(e["data_wait_s"] is not None and e["data_wait_s"] >= 0 for e in epochs)
     assert ray_local.is_initialized()
