@@ -145,7 +145,8 @@ def synthetic(args) -> dict:
     out = {"device": describe_device(torch, device)}
     eager = model
     for mode in ("eager", "compiled"):
-        net = model if mode == "eager" else torch.compile(model, backend=args.compile_backend)
+        net = model if mode == "eager" else torch.compile(model, backend=args.compile_backend,
+                                                          mode=None if args.compile_mode == "default" else args.compile_mode)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
@@ -420,7 +421,8 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
                  "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
                  "loader_workers": args.loader_workers, "decode": decode,
                  "gpu_feeder": variant.partition("/")[0], "gpu_crops": variant.partition("/")[2]},
-        "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker},
+        "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker,
+                  "compile_mode": args.compile_mode},
         "loss": {"method": "edge", "k": min(32, args.batch_size)},
         "train": {"epochs": args.epochs, "num_workers": 1, "use_gpu": use_gpu, "amp": True,
                   "cpus_per_worker": float(max(1, cpus - 1)), "storage_path": str(storage),
@@ -550,6 +552,9 @@ def parse(argv=None):
     p.add_argument("--warmup", type=int, default=15, help="(a): steps before timing")
     p.add_argument("--steps", type=int, default=40, help="(a): timed steps")
     p.add_argument("--compile-backend", default="inductor", help="(a) compiled: torch.compile backend")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode for (a), (d) and the worker (model.compile_mode), e.g. "
+                        "reduce-overhead: CUDA graphs, less host work per step")
     p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
                    help="(b), (c): run the worker's model eager (model.compile=false)")
     p.add_argument("--d-variants", default="serial/per_image,pipelined/batched,inline/batched,serial/batched",

@@ -47,6 +47,7 @@ class ModelConfig:
     width: int = 32               # smallcnn only: channels of the first block (feature dim = 4 * width)
     channels_last: bool = True    # NHWC memory format (faster with cuDNN and oneDNN)
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,9 @@ METHODS = ("bce", "edge", "oe", "hendrycks_oe", "energy_oe", "focal", "asl", "db
 OE_METHODS = ("edge", "oe", "hendrycks_oe", "energy_oe")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def validate(cfg: Config) -> Config:
     """Value checks that need no files (file checks happen in the driver before workers start)."""
     checks = [
@@ -243,6 +247,8 @@ def validate(cfg: Config) -> Config:
         (cfg.data.batch_size >= 1 and cfg.data.oe_batch_size >= 1, "data.batch_size and data.oe_batch_size must be >= 1"),
         (cfg.data.image_size >= 8, f"data.image_size must be >= 8, got {cfg.data.image_size}"),
         (cfg.data.decode in ("cpu", "gpu"), f"data.decode must be cpu or gpu, got {cfg.data.decode!r}"),
+        (cfg.model.compile_mode in COMPILE_MODES,
+         f"model.compile_mode must be one of {COMPILE_MODES}, got {cfg.model.compile_mode!r}"),
         (cfg.data.gpu_feeder in ("serial", "pipelined", "inline"),
          f"data.gpu_feeder must be serial, pipelined or inline, got {cfg.data.gpu_feeder!r}"),
         (cfg.data.gpu_crops in ("batched", "per_image"),

@@ -30,3 +30,16 @@ def test_errors(tmp_path):
         load_config(None, ["loss.k=64", "data.batch_size=32"])
     with pytest.raises(ConfigError, match="loss.method must be one of"):
         load_config(None, ["loss.method=edgy"])
+
+
+def test_gpu_input_and_compile_mode_values_are_checked():
+    from edge_ray.config import from_dict, validate
+
+    ok = validate(from_dict({"data": {"gpu_feeder": "pipelined", "gpu_crops": "per_image"},
+                    "model": {"compile_mode": "reduce-overhead"}}))
+    assert ok.data.gpu_feeder == "pipelined" and ok.model.compile_mode == "reduce-overhead"
+    for bad, word in (({"data": {"gpu_feeder": "async"}}, "data.gpu_feeder"),
+                      ({"data": {"gpu_crops": "nearest"}}, "data.gpu_crops"),
+                      ({"model": {"compile_mode": "fast"}}, "model.compile_mode")):
+        with pytest.raises(ConfigError, match=word):
+            validate(from_dict(bad))

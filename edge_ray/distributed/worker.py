@@ -97,7 +97,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     if cfg.model.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.model.compile_mode == "default" else cfg.model.compile_mode)
 
     def loader_for(epoch):
         # decode="gpu" yields batches already on `device` (nvJPEG + GPU crops); engine's
