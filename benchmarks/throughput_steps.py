@@ -1,0 +1,263 @@
+"""The in-process parts of `throughput.py` (issue 9): (a) the step on a batch resident in
+GPU memory, eager and compiled; (d) the compiled step fed by the GPU-decode loader, per
+feeder arrangement, with CUDA-event step timing and an optional profiler trace; (e) the
+loader alone. `throughput.py` runs them in a child process (`--synthetic-child`) so that
+its own process holds no GPU memory while the Ray parts run.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+NUM_CLASSES = 20
+
+
+def synthetic(args) -> dict:
+    """(a): the step on batches already in GPU memory, eager then torch.compile."""
+    import torch
+
+    from edge_ray import engine
+    from edge_ray.config import LossConfig, TrainConfig
+    from edge_ray.models import build_model
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(args.model, NUM_CLASSES).to(device, memory_format=torch.channels_last)
+    loss_cfg = LossConfig(k=min(32, args.batch_size))
+    opt = engine.make_optimizer(model, TrainConfig())
+    sched = engine.make_scheduler(opt, TrainConfig(epochs=1), 2 * (args.warmup + args.steps))
+    loss_fn = engine.make_loss_fn(loss_cfg)
+    opts = engine.StepOptions(device=device, amp=cuda, channels_last=True, diag_k=loss_cfg.k,
+                              diag_m=loss_cfg.m, diag_gap=loss_cfg.gap)
+    s = args.image_size
+    batch = (torch.randn(args.batch_size, 3, s, s, device=device),
+             (torch.rand(args.batch_size, NUM_CLASSES, device=device) < 0.1).float(),
+             torch.randn(args.oe_batch_size, 3, s, s, device=device))
+    images = args.batch_size + args.oe_batch_size
+    out = {"device": describe_device(torch, device)}
+    eager = model
+    for mode in ("eager", "compiled"):
+        net = model if mode == "eager" else torch.compile(model, backend=args.compile_backend,
+                                                          mode=None if args.compile_mode == "default" else args.compile_mode)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        try:  # the worker's own epoch loop (engine.train_epoch) over the resident batch, n times
+            engine.train_epoch(net, [batch] * args.warmup, loss_fn, opt, sched, epoch=1, opts=opts)
+        except Exception as err:  # e.g. no C compiler for inductor: keep eager, say why
+            if mode == "eager":
+                raise
+            traceback.print_exc()
+            out[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            net = eager
+            break
+        warm = time.perf_counter() - start
+        marks: list = []
+        stats = engine.train_epoch(net, marked([batch] * args.steps, marks, cuda), loss_fn, opt, sched,
+                                   epoch=1, opts=opts)
+        seconds = stats["seconds"]
+        out[mode] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
+                     "warmup_s": warm, "steps": args.steps, **gpu_spans(marks),
+                     "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                     "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None}
+        print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
+    if "d" in args.parts.split(","):
+        del batch
+        out["in_process"] = {}
+        for variant in variants(args.d_variants):
+            # Saved after each part: a CUDA error aborts the process and would lose them all.
+            save_partial(args, out)
+            out["in_process"][variant] = loader_epoch(args, net, loss_fn, opt, opts, variant)
+        if args.profile_dir:
+            save_partial(args, out)
+            out["profile"] = profile_steps(args, net, loss_fn, opt, opts, variants(args.d_variants)[-1])
+        save_partial(args, out)
+        out["decode_only"] = decode_only(args, opts)
+    return out
+
+
+def variants(text: str) -> list[str]:
+    """'serial/batched,pipelined/batched' -> checked 'feeder/crops' names."""
+    from edge_ray.data.reader import CROPS, FEEDERS
+
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    for v in out:
+        feeder, _, crops = v.partition("/")
+        if feeder not in FEEDERS or crops not in CROPS:
+            raise SystemExit(f"--d-variants: {v!r} is not feeder/crops with feeder in {FEEDERS}, "
+                             f"crops in {CROPS}")
+    return out
+
+
+def marked(batches, marks: list, cuda: bool, limit: int | None = None, profiler=None):
+    """Yield `batches`, recording a CUDA event on the training stream when each step
+    starts (its input is ready) and when the next batch is asked for (the step is
+    queued): the GPU's time per step, and the gaps in which it waited for input or host."""
+    import torch
+
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            return
+        start = None
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+        yield batch
+        if cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            marks.append((start, end))
+        if profiler is not None:
+            profiler.step()
+
+
+def gpu_spans(marks: list, skip: int = 3) -> dict:
+    """From `marked`'s events: median GPU ms per step (`gpu_step_ms`), mean ms between a
+    step's end and the next one's start (`gpu_gap_ms`) and the share of the span the
+    training stream was busy with steps (`gpu_busy`); the first `skip` steps left out."""
+    import torch
+
+    marks = marks[skip:]
+    if len(marks) < 2:
+        return {}
+    torch.cuda.synchronize()
+    steps = [s.elapsed_time(e) for s, e in marks]
+    gaps = [marks[i][1].elapsed_time(marks[i + 1][0]) for i in range(len(marks) - 1)]
+    span = marks[0][0].elapsed_time(marks[-1][1])
+    return {"gpu_step_ms": float(np.median(steps)), "gpu_gap_ms": float(np.mean(gaps)),
+            "gpu_busy": sum(steps) / span if span > 0 else None}
+
+
+def profile_steps(args, net, loss_fn, opt, opts, variant: str) -> dict:
+    """A torch.profiler trace of 8 steps of (d) with `variant`, after 30 steps of warm-up
+    (fewer of both on a short epoch):
+    a gzipped Chrome trace (open in Perfetto: one row per CUDA stream and host thread) and
+    the kernel table, in `--profile-dir`."""
+    import gzip
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    out_dir = Path(args.profile_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loader = make_loader(args, opts, variant)
+    loader.start()
+    time.sleep(2.0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if opts.device.type == "cuda" else [])
+    steps = len(loader)
+    wait = min(30, max(0, steps - 12))
+    active = max(1, min(8, steps - wait - 2))
+    marks: list = []
+    with profile(activities=activities, schedule=schedule(wait=wait, warmup=1, active=active, repeat=1)) as prof:
+        engine_epoch(net, marked(loader, marks, opts.device.type == "cuda", limit=wait + active + 2,
+                                 profiler=prof), loss_fn, opt, opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        trace = out_dir / "trace_d.json.gz"
+        with open(raw, "rb") as src, gzip.open(trace, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    sort = "self_cuda_time_total" if opts.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=45)
+    (out_dir / "profile_d.txt").write_text(f"(d) {variant}, {active} steps after {wait + 1}\n\n{table}\n")
+    del loader
+    torch.cuda.empty_cache() if opts.device.type == "cuda" else None
+    print(f"(d) {variant}: profile of {active} steps in {out_dir}", flush=True)
+    return {"variant": variant, "trace": str(trace), "table": str(out_dir / "profile_d.txt"),
+            "trace_mib": round(trace.stat().st_size / 2**20, 2), **gpu_spans(marks, skip=wait)}
+
+
+def save_partial(args, out: dict) -> None:
+    if args.synthetic_child:
+        Path(args.synthetic_child).write_text(json.dumps({**out, "partial": True}))
+
+
+def make_loader(args, opts, variant: str = "serial/batched"):
+    from edge_ray.data import load_index, train_loader
+
+    feeder, _, crops = variant.partition("/")
+    shards = Path(args.shards_dir)
+    return train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
+                        batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
+                        image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
+                        num_workers=args.loader_workers, decode="gpu", device=opts.device,
+                        gpu_feeder=feeder, gpu_crops=crops)
+
+
+def engine_epoch(net, batches, loss_fn, opt, opts) -> dict:
+    from edge_ray import engine
+
+    return engine.train_epoch(net, batches, loss_fn, opt, None, epoch=1, opts=opts)
+
+
+def decode_only(args, opts) -> dict:
+    """(e): one epoch of the GPU-decode loader with no training step: how fast the input
+    path runs with the GPU to itself (its GPU cost: (e) far above (a) leaves room)."""
+    import torch
+
+    loader = make_loader(args, opts)
+    loader.start()
+    time.sleep(2.0)
+    start, images, steps = time.perf_counter(), 0, 0
+    for batch in loader:
+        images += batch[0].shape[0] + (batch[2].shape[0] if batch[2] is not None else 0)
+        steps += 1
+    if opts.device.type == "cuda":
+        torch.cuda.synchronize(opts.device)
+    seconds = time.perf_counter() - start
+    rate = images / max(seconds, 1e-9)
+    print(f"(e) GPU-decode loader alone: {rate:.1f} img/s", flush=True)
+    return {"img_per_s": rate, "steps": steps, "seconds": seconds,
+            "input_s": {k: round(v, 3) for k, v in loader.timings.items()}}
+
+
+def loader_epoch(args, net, loss_fn, opt, opts, variant: str) -> dict:
+    """(d): one epoch of the GPU-decode loader feeding the compiled step, in this process,
+    with the feeder arrangement and crop resize of `variant` ('feeder/crops')."""
+    import torch
+
+    loader = make_loader(args, opts, variant)
+    cuda = opts.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(opts.device)
+    # As the trainer does for every epoch after the first: workers started ahead of time.
+    start = time.perf_counter()
+    loader.start()
+    time.sleep(2.0)
+    marks: list = []
+    stats = engine_epoch(net, marked(loader, marks, cuda), loss_fn, opt, opts)
+    rate, wait = stats["images_per_s"], stats["data_wait_s"] / stats["seconds"]
+    spans = gpu_spans(marks) if cuda else {}
+    busy = f", training stream busy {100 * spans['gpu_busy']:.1f}%" if spans.get("gpu_busy") else ""
+    print(f"(d) {variant}: {rate:.1f} img/s, waiting for input {100 * wait:.1f}% of the time{busy}",
+          flush=True)
+    return {"img_per_s": rate, "steps": stats["steps"], "variant": variant,
+            "data_wait_s": stats["data_wait_s"], "data_wait_fraction": wait, "sync_wait_s": stats["sync_wait_s"],
+            "wall_s_incl_worker_start": time.perf_counter() - start, **spans,
+            "input_s": {k: round(v, 3) for k, v in loader.timings.items()},
+            "decoded_on": "cpu (fallback)" if loader.decoder is None else str(loader.decoder.device),
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(opts.device) / 2**30 if cuda else None}
+
+
+def describe_device(torch, device) -> dict:
+    import torchvision
+
+    info = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(card=props.name, memory_gib=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version())
+    else:
+        info["card"] = "cpu"
+    return info
+
+
