@@ -76,11 +76,11 @@ def synthetic(args) -> dict:
             # Saved after each part: a CUDA error aborts the process and would lose them all.
             save_partial(args, out)
             out["in_process"][variant] = loader_epoch(args, net, loss_fn, opt, opts, variant)
-        if args.profile_dir:
-            save_partial(args, out)
-            out["profile"] = profile_steps(args, net, loss_fn, opt, opts, variants(args.d_variants)[-1])
         save_partial(args, out)
         out["decode_only"] = decode_only(args, opts)
+        if args.profile_dir:  # last: a profiler failure loses nothing else
+            save_partial(args, out)
+            out["profile"] = profile_steps(args, net, loss_fn, opt, opts, variants(args.d_variants)[-1])
     return out
 
 
