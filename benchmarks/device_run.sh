@@ -15,8 +15,9 @@
 #     && bash benchmarks/device_run.sh
 # PARTS=a,d,c skips (b). Results land in $OUT (default /tmp/edge-device-out): env.txt,
 # pytest.txt, throughput.txt, throughput.json, trace_d.json.gz and profile_d.txt
-# (torch.profiler, 8 steps of (d): open the trace in Perfetto); the Markdown table at the
-# end of throughput.txt is the one benchmarks/README.md records.
+# (torch.profiler, 8 steps of (d): open the trace in Perfetto), trace_summary.json (the
+# trace in numbers: benchmarks/trace_summary.py); the Markdown table near the end of
+# throughput.txt is the one benchmarks/README.md records.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/edge-device-out}
@@ -81,4 +82,8 @@ echo "tests done at $(( $(date +%s) - start ))s"
 timeout 520 "$PY" benchmarks/throughput.py --parts "${PARTS:-a,d,c,b}" --synthetic-timeout 330 \
   --shards-dir /tmp/edge-bench-shards --profile-dir "$OUT" \
   --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+if [ -f "$OUT/trace_d.json.gz" ]; then  # where the training stream waited, from the trace
+  "$PY" benchmarks/trace_summary.py "$OUT/trace_d.json.gz" --json "$OUT/trace_summary.json" 2>&1 \
+    | tee -a "$OUT/throughput.txt"
+fi
 echo "device_run.sh finished in $(( $(date +%s) - start ))s"

@@ -49,3 +49,44 @@ def test_throughput_smoke(ray_local, tmp_path):
     epochs = report["results"]["c_ray_gpu_decode"]["epochs"]
     assert epochs and all(e["data_wait_s"] is not None and e["data_wait_s"] >= 0 for e in epochs)
     assert ray_local.is_initialized()
+
+
+def test_trace_summary_against_a_brute_force_timeline(tmp_path):
+    """Busy time, idle gaps and overlap of random kernels on two streams, against a
+    1-microsecond grid; host-thread sync time summed per thread."""
+    import gzip
+
+    import numpy as np
+
+    from benchmarks import trace_summary
+
+    rng = np.random.default_rng(3)
+    events, grid = [], {7: np.zeros(20000, bool), 13: np.zeros(20000, bool)}
+    for stream, n, longest in ((7, 120, 200), (13, 40, 60)):
+        for _ in range(n):
+            ts, dur = int(rng.integers(0, 19000)), int(rng.integers(1, longest))
+            events.append({"ph": "X", "cat": "kernel", "name": f"k{stream}", "ts": ts, "dur": dur,
+                           "args": {"stream": stream}})
+            grid[stream][ts:ts + dur] = True
+    events += [{"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 5, "dur": 40, "tid": 2},
+               {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 50, "dur": 9, "tid": 2},
+               {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 30, "tid": 1},
+               {"ph": "X", "cat": "cpu_op", "name": "aten::add", "ts": 10, "dur": 30, "tid": 1}]
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    s = trace_summary.main([str(path), "--gap-us", "0", "--json", str(tmp_path / "s.json")])
+
+    train = grid[7] if grid[7].sum() >= grid[13].sum() else grid[13]
+    other = grid[13] if train is grid[7] else grid[7]
+    on = np.flatnonzero(train)
+    window = train[on[0]:on[-1] + 1]
+    edges = np.diff(window.astype(int))
+    assert s["training_busy_ms"] * 1e3 == pytest.approx(train.sum())
+    assert s["window_ms"] * 1e3 == pytest.approx(len(window))
+    assert s["training_gaps"]["count"] == (edges == 1).sum()  # one gap before each restart
+    assert s["training_gaps"]["total_ms"] * 1e3 == pytest.approx((~window).sum())
+    assert s["other_streams_beside_training_ms"] * 1e3 == pytest.approx((train & other).sum())
+    assert s["threads"]["1"]["cpu_ops_ms"] * 1e3 == pytest.approx(40)
+    assert s["threads"]["2"]["sync_blocked_ms"] * 1e3 == pytest.approx(40)
+    assert json.loads((tmp_path / "s.json").read_text())["training_stream"] == s["training_stream"]
