@@ -13,7 +13,7 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled \
 #     && bash benchmarks/device_run.sh
-# PARTS=a,d,c skips (b). Results land in $OUT (default /tmp/edge-device-out): env.txt,
+# PARTS=a,d,c skips (b); EXTRA=--smoke runs the whole flow tiny (a check on a CPU box). Results land in $OUT (default /tmp/edge-device-out): env.txt,
 # pytest.txt, throughput.txt, throughput.json, trace_d.json.gz and profile_d.txt
 # (torch.profiler, 8 steps of (d): open the trace in Perfetto), trace_summary.json (the
 # trace in numbers: benchmarks/trace_summary.py); the Markdown table near the end of
@@ -81,7 +81,7 @@ echo "tests done at $(( $(date +%s) - start ))s"
 # (c) before (b): if time runs short, the target's number is the one to keep.
 timeout 520 "$PY" benchmarks/throughput.py --parts "${PARTS:-a,d,c,b}" --synthetic-timeout 330 \
   --shards-dir /tmp/edge-bench-shards --profile-dir "$OUT" \
-  --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+  --json "$OUT/throughput.json" ${EXTRA:-} 2>&1 | tee "$OUT/throughput.txt"
 if [ -f "$OUT/trace_d.json.gz" ]; then  # where the training stream waited, from the trace
   "$PY" benchmarks/trace_summary.py "$OUT/trace_d.json.gz" --json "$OUT/trace_summary.json" 2>&1 \
     | tee -a "$OUT/throughput.txt"
