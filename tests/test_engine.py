@@ -50,39 +50,26 @@ def test_epoch_means_equal_step_by_step_floats(sync_every, device):
     assert stats["data_wait_s"] >= 0 and stats["sync_wait_s"] >= 0 and stats["seconds"] > 0
 
 
-def test_non_finite_loss_is_caught_one_window_late():
-    """Sums are copied every 3 steps and checked at the next copy: a NaN at step 4 is in
-    the copy made after step 5, checked after step 8, and named by its window."""
-    data = batches(12)
+@pytest.mark.parametrize("n,bad_call,value,window,calls_made", [
+    (12, 5, float("nan"), "between steps 3 and 5", 9),  # in the copy after step 5, checked after step 8
+    (5, 5, float("inf"), "between steps 3 and 4", 5),   # in the last, partial window: the end's read
+])
+def test_non_finite_loss_is_caught_one_window_late(n, bad_call, value, window, calls_made):
+    """Sums are copied every 3 steps and checked at the next copy (or the epoch's end): a
+    bad loss is named by its window and stops the epoch there."""
     base = engine.make_loss_fn(LossConfig(method="oe"))
     calls = []
 
     def loss_fn(z_id, y, z_oe, epoch):
         parts = base(z_id, y, z_oe, epoch)
         calls.append(1)
-        if len(calls) == 5:  # step 4
-            parts["loss"] = parts["loss"] * float("nan")
+        if len(calls) == bad_call:
+            parts["loss"] = parts["loss"] * value
         return parts
     model, opt, opts = setup()
-    with pytest.raises(FloatingPointError, match="between steps 3 and 5"):
-        engine.train_epoch(model, data, loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
-    assert len(calls) == 9  # stopped at the check after step 8, not at the end of the epoch
-
-
-def test_non_finite_loss_in_the_last_window_is_caught_at_the_end():
-    data = batches(5)
-    base = engine.make_loss_fn(LossConfig(method="oe"))
-    calls = []
-
-    def loss_fn(z_id, y, z_oe, epoch):
-        parts = base(z_id, y, z_oe, epoch)
-        calls.append(1)
-        if len(calls) == 5:
-            parts["loss"] = parts["loss"] * float("inf")
-        return parts
-    model, opt, opts = setup()
-    with pytest.raises(FloatingPointError, match="between steps 3 and 4"):
-        engine.train_epoch(model, data, loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
+    with pytest.raises(FloatingPointError, match=window):
+        engine.train_epoch(model, batches(n), loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
+    assert len(calls) == calls_made
 
 
 def test_empty_loader_gives_zero_steps():
