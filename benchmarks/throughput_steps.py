@@ -86,14 +86,14 @@ def synthetic(args) -> dict:
 
 def variants(text: str) -> list[str]:
     """'serial/batched,pipelined/batched' -> checked 'feeder/crops' names."""
-    from edge_ray.data.reader import CROPS, FEEDERS
+    from edge_ray.config import GPU_CROPS, GPU_FEEDERS
 
     out = [v.strip() for v in text.split(",") if v.strip()]
     for v in out:
         feeder, _, crops = v.partition("/")
-        if feeder not in FEEDERS or crops not in CROPS:
-            raise SystemExit(f"--d-variants: {v!r} is not feeder/crops with feeder in {FEEDERS}, "
-                             f"crops in {CROPS}")
+        if feeder not in GPU_FEEDERS or crops not in GPU_CROPS:
+            raise SystemExit(f"--d-variants: {v!r} is not feeder/crops with feeder in {GPU_FEEDERS}, "
+                             f"crops in {GPU_CROPS}")
     return out
 
 

@@ -36,8 +36,8 @@ class DataConfig:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     decode: str = "cpu"           # "cpu" or "gpu" (nvJPEG, falls back to cpu)
-    gpu_feeder: str = "serial"    # decode=gpu: serial | pipelined | inline (data/reader.py FEEDERS)
-    gpu_crops: str = "batched"    # decode=gpu: batched | per_image crop resizing
+    gpu_feeder: str = "serial"    # decode=gpu: one of GPU_FEEDERS (below)
+    gpu_crops: str = "batched"    # decode=gpu: one of GPU_CROPS (below)
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,14 @@ OE_METHODS = ("edge", "oe", "hendrycks_oe", "energy_oe")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DECODERS = ("cpu", "gpu")
+# How a rank runs the GPU decode stage's two steps (`data.gpu.BatchDecoder.decode`, `.finish`):
+#   serial     one feeder thread does both, a batch or two ahead, on its own stream;
+#   pipelined  one thread decodes (nvJPEG) while a second crops the previous batch;
+#   inline     a thread decodes; the crops are queued by the training loop itself, on the
+#              training stream, between steps (no crop kernels beside the step's).
+GPU_FEEDERS = ("serial", "pipelined", "inline")
+GPU_CROPS = ("batched", "per_image")   # crop resize: as one batch, or image by image
 
 
 def validate(cfg: Config) -> Config:
@@ -246,13 +254,12 @@ def validate(cfg: Config) -> Config:
         (cfg.train.num_workers >= 1, f"train.num_workers must be >= 1, got {cfg.train.num_workers}"),
         (cfg.data.batch_size >= 1 and cfg.data.oe_batch_size >= 1, "data.batch_size and data.oe_batch_size must be >= 1"),
         (cfg.data.image_size >= 8, f"data.image_size must be >= 8, got {cfg.data.image_size}"),
-        (cfg.data.decode in ("cpu", "gpu"), f"data.decode must be cpu or gpu, got {cfg.data.decode!r}"),
+        (cfg.data.decode in DECODERS, f"data.decode must be cpu or gpu, got {cfg.data.decode!r}"),
         (cfg.model.compile_mode in COMPILE_MODES,
          f"model.compile_mode must be one of {COMPILE_MODES}, got {cfg.model.compile_mode!r}"),
-        (cfg.data.gpu_feeder in ("serial", "pipelined", "inline"),
-         f"data.gpu_feeder must be serial, pipelined or inline, got {cfg.data.gpu_feeder!r}"),
-        (cfg.data.gpu_crops in ("batched", "per_image"),
-         f"data.gpu_crops must be batched or per_image, got {cfg.data.gpu_crops!r}"),
+        (cfg.data.gpu_feeder in GPU_FEEDERS,
+         f"data.gpu_feeder must be one of {GPU_FEEDERS}, got {cfg.data.gpu_feeder!r}"),
+        (cfg.data.gpu_crops in GPU_CROPS, f"data.gpu_crops must be one of {GPU_CROPS}, got {cfg.data.gpu_crops!r}"),
     ]
     for ok, message in checks:
         if not ok:

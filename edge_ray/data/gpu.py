@@ -13,7 +13,7 @@ crop in 14 DataLoader workers delivers ~3k img/s: the CPU input path is the ceil
       normalise on the GPU.
   a feeder thread (`prefetch`)  runs the rank's stage a batch or two ahead on its own
       CUDA stream, so decoding overlaps the training steps queued on the default stream
-      (`engine.train_epoch` never waits for the GPU mid-epoch). `reader.FEEDERS` names
+      (`engine.train_epoch` never waits for the GPU mid-epoch). `config.GPU_FEEDERS` names
       the other arrangements: decode and crops in two threads ("pipelined"), or crops
       queued by the training loop on its own stream ("inline").
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .prefetch import prefetch
+from .prefetch import add_seconds, prefetch
 from .records import Record
 from .resize import crop_resize, crop_resize_batch, resize_weights
 from .transforms import TrainTransform, decode_image
@@ -164,7 +164,7 @@ def _concat_bytes(chunks: list[bytes]) -> torch.Tensor:
 class BatchDecoder:
     """The rank half of the GPU stage: `PackedBatch`es -> normalised float32 [B, 3, S, S].
 
-    Two steps, which the loader may run in one feeder thread or split (`reader.FEEDERS`):
+    Two steps, which the loader may run in one feeder thread or split (`config.GPU_FEEDERS`):
     `decode` (every image of the step's batches as uint8 on the GPU: one nvJPEG call for
     ID and OE together, which is faster than two) and `finish` (crop, resize, flip,
     normalise). Crops are resized as a batch by default (`crop_resize_batch`: dense
@@ -178,10 +178,8 @@ class BatchDecoder:
     done), "crops" (queueing step 2; its GPU time is not seen by the host).
     """
 
-    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = True,
-                 stream_priority: int = -1):
+    def __init__(self, image_size: int, mean, std, device: torch.device | str, batched: bool = True):
         self.image_size, self.device, self.batched = int(image_size), torch.device(device), batched
-        self.stream_priority = stream_priority  # of the feeder's CUDA stream (`prefetch`)
         self.mean = (torch.tensor(mean, dtype=torch.float32) * 255).view(1, 3, 1, 1).to(self.device)
         self.inv_std = (1 / (torch.tensor(std, dtype=torch.float32) * 255)).view(1, 3, 1, 1).to(self.device)
         self.timings: dict[str, float] = {}
@@ -221,11 +219,8 @@ class BatchDecoder:
                     rows = self.upload(torch.tensor(flipped))
                     x[rows] = x[rows].flip(-1)
             out.append(x.sub_(self.mean).mul_(self.inv_std))
-        self._add("crops", started)
+        add_seconds(self.timings, "crops", started)
         return tuple(out)
-
-    def _add(self, key: str, started: float) -> None:
-        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
 
     def upload(self, t: torch.Tensor) -> torch.Tensor:
         """Host -> device without waiting: from pageable memory a copy may first wait for
@@ -250,7 +245,7 @@ class BatchDecoder:
             # "index out of bounds" device asserts. Let this stream's queued work finish.
             started = time.perf_counter()
             torch.cuda.current_stream(self.device).synchronize()
-            self._add("stream_wait", started)
+            add_seconds(self.timings, "stream_wait", started)
         started = time.perf_counter()
         try:
             images = decode_jpeg(data, self.device)
@@ -258,7 +253,7 @@ class BatchDecoder:
             warn_once(f"nvJPEG failed on a batch ({str(err).splitlines()[0]}); decoding that "
                       "batch with PIL")
             return [self._pil(b, i, d) for (b, i), d in zip(where, data)]
-        self._add("nvjpeg", started)
+        add_seconds(self.timings, "nvjpeg", started)
         return [img if tuple(img.shape[1:]) == b.sizes[i] else self._pil(b, i, d)
                 for img, (b, i), d in zip(images, where, data)]
 

@@ -10,6 +10,12 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 
+def add_seconds(timings: dict | None, key: str, started: float) -> None:
+    """timings[key] += seconds since `started` (a `time.perf_counter()`); None: nothing."""
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
+
+
 class _Failed:
     def __init__(self, err: BaseException):
         self.err = err
@@ -30,7 +36,7 @@ def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: in
     (`{name}_blocked`).
 
     Two prefetches can be chained: the outer thread consumes the inner one's results on
-    its own stream, so the two conversions overlap (`reader.FEEDERS`, "pipelined").
+    its own stream, so the two conversions overlap (`config.GPU_FEEDERS`, "pipelined").
 
     The DataLoader iterator is consumed inside the thread too (unpickling a batch is CPU
     work as well). Closing the generator early stops the thread at its next hand-over.
@@ -41,9 +47,7 @@ def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: in
     side = torch.cuda.Stream(device=device, priority=priority) if cuda else None
 
     def add(key: str, started: float) -> None:
-        if timings is not None:
-            key = f"{name}_{key}"
-            timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
+        add_seconds(timings, f"{name}_{key}", started)
 
     def hand_over(item) -> bool:
         started = time.perf_counter()

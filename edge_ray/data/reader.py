@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..config import DECODERS, GPU_CROPS, GPU_FEEDERS
 from . import gpu, plan
 from .index import ShardIndex, read_labels
 from .plan import steps_per_epoch
@@ -31,14 +32,10 @@ from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transfo
 
 __all__ = ["TrainLoader", "EvalLoader", "train_loader", "eval_loader", "steps_per_epoch",
            "read_labels", "multi_hot"]
-DECODERS = ("cpu", "gpu")
-# How the rank runs the GPU stage's two steps (`gpu.BatchDecoder.decode`, `.finish`):
-#   serial     one feeder thread does both, a batch or two ahead, on its own stream;
-#   pipelined  one thread decodes (nvJPEG) while a second crops the previous batch;
-#   inline     a thread decodes; the crops are queued by the training loop itself, on the
-#              training stream, between steps (no crop kernels beside the step's).
-FEEDERS = ("serial", "pipelined", "inline")
-CROPS = ("batched", "per_image")
+# The feeder threads' CUDA streams: high priority, so their small kernels take the next
+# free SMs rather than queue behind the training step's (no measurable effect on an H100,
+# benchmarks/README.md run 4, and no cost).
+FEEDER_PRIORITY = -1
 
 
 def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_size: int,
@@ -55,7 +52,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     `oe_index=None` (methods without outlier exposure) yields `x_oe = None`.
     `decode="gpu"` decodes on `device` (default: the current CUDA device) and yields
     tensors already there; without CUDA it warns once and decodes on the CPU.
-    `gpu_feeder` (`FEEDERS`) and `gpu_crops` (`CROPS`) choose how that GPU stage runs.
+    `gpu_feeder` (`config.GPU_FEEDERS`) and `gpu_crops` (`config.GPU_CROPS`) choose how
+    that GPU stage runs.
     `prefetch_to_device` (CPU decode, CUDA `device`): a thread copies each batch to the
     GPU on its own stream a batch ahead, so the copy overlaps the previous step.
     """
@@ -68,10 +66,10 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         raise ValueError(f"ID set {id_index.name!r} lists no classes in its index.json")
     if decode not in DECODERS:
         raise ValueError(f"decode={decode!r}: choose one of {DECODERS}")
-    if gpu_feeder not in FEEDERS:
-        raise ValueError(f"gpu_feeder={gpu_feeder!r}: choose one of {FEEDERS}")
-    if gpu_crops not in CROPS:
-        raise ValueError(f"gpu_crops={gpu_crops!r}: choose one of {CROPS}")
+    if gpu_feeder not in GPU_FEEDERS:
+        raise ValueError(f"gpu_feeder={gpu_feeder!r}: choose one of {GPU_FEEDERS}")
+    if gpu_crops not in GPU_CROPS:
+        raise ValueError(f"gpu_crops={gpu_crops!r}: choose one of {GPU_CROPS}")
     _check_ranks(rank, world_size, num_workers)
     decode_on = gpu.resolve_device(device) if decode == "gpu" else None
     stream = _TrainStream(
@@ -157,14 +155,14 @@ class TrainLoader(_Loader):
         if d is None:
             if self.upload_to is None:
                 return batches
-            return gpu.prefetch(batches, self._upload, self.upload_to, priority=-1, timings=self.timings)
+            return gpu.prefetch(batches, self._upload, self.upload_to, priority=FEEDER_PRIORITY, timings=self.timings)
         if self.feeder == "serial":
-            return gpu.prefetch(batches, self._decode_packed, d.device, priority=d.stream_priority,
+            return gpu.prefetch(batches, self._decode_packed, d.device, priority=FEEDER_PRIORITY,
                                 timings=self.timings)
-        decoded = gpu.prefetch(batches, self._decode_step, d.device, priority=d.stream_priority,
+        decoded = gpu.prefetch(batches, self._decode_step, d.device, priority=FEEDER_PRIORITY,
                                timings=self.timings, name="decoder")
         if self.feeder == "pipelined":
-            return gpu.prefetch(decoded, self._finish_step, d.device, priority=d.stream_priority,
+            return gpu.prefetch(decoded, self._finish_step, d.device, priority=FEEDER_PRIORITY,
                                 timings=self.timings, name="cropper")
         return (self._finish_step(b) for b in decoded)  # inline: on the training stream
 
