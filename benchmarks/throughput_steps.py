@@ -149,8 +149,6 @@ def profile_steps(args, net, loss_fn, opt, opts, variant: str) -> dict:
     out_dir = Path(args.profile_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = make_loader(args, opts, variant)
-    loader.start()
-    time.sleep(2.0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if opts.device.type == "cuda" else [])
     steps = len(loader)
     wait = min(30, max(0, steps - 12))
@@ -181,15 +179,20 @@ def save_partial(args, out: dict) -> None:
 
 
 def make_loader(args, opts, variant: str = "serial/batched"):
+    """The GPU-decode loader of `variant` ('feeder/crops'), its workers started two seconds
+    ago, as the trainer starts epoch e+1's workers when epoch e begins."""
     from edge_ray.data import load_index, train_loader
 
     feeder, _, crops = variant.partition("/")
     shards = Path(args.shards_dir)
-    return train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
-                        batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
-                        image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
-                        num_workers=args.loader_workers, decode="gpu", device=opts.device,
-                        gpu_feeder=feeder, gpu_crops=crops)
+    loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
+                          batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
+                          image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
+                          num_workers=args.loader_workers, decode="gpu", device=opts.device,
+                          gpu_feeder=feeder, gpu_crops=crops)
+    loader.start()
+    time.sleep(2.0)
+    return loader
 
 
 def engine_epoch(net, batches, loss_fn, opt, opts) -> dict:
@@ -204,8 +207,6 @@ def decode_only(args, opts) -> dict:
     import torch
 
     loader = make_loader(args, opts)
-    loader.start()
-    time.sleep(2.0)
     start, images, steps = time.perf_counter(), 0, 0
     for batch in loader:
         images += batch[0].shape[0] + (batch[2].shape[0] if batch[2] is not None else 0)
@@ -224,14 +225,11 @@ def loader_epoch(args, net, loss_fn, opt, opts, variant: str) -> dict:
     with the feeder arrangement and crop resize of `variant` ('feeder/crops')."""
     import torch
 
-    loader = make_loader(args, opts, variant)
     cuda = opts.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(opts.device)
-    # As the trainer does for every epoch after the first: workers started ahead of time.
     start = time.perf_counter()
-    loader.start()
-    time.sleep(2.0)
+    loader = make_loader(args, opts, variant)
     marks: list = []
     stats = engine_epoch(net, marked(loader, marks, cuda), loss_fn, opt, opts)
     rate, wait = stats["images_per_s"], stats["data_wait_s"] / stats["seconds"]
