@@ -4,16 +4,18 @@ One run, one GPU, the same ResNet-50 EDGE step and epoch loop throughout (bf16 a
 channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
 `engine.train_epoch`, which never waits for the GPU mid-epoch):
 
-  (a) synthetic    one batch resident in GPU memory, eager and torch.compile: the limit;
+  (a) synthetic    one batch resident in GPU memory, eager and torch.compile (in each of
+                   `--compile-modes`): the limit is the fastest compiled;
   (b) ray, cpu     the project's Ray Train worker (`run_training`, 1 GPU worker) on JPEG
                    shards, decoded by PIL in DataLoader workers (data.decode=cpu);
   (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU), its GPU
                    stage arranged as `--c-variant` (default: the fastest (d));
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
-                   no Ray, once per `--d-variants` arrangement ('feeder/crops', the
-                   data.gpu_feeder / data.gpu_crops settings); where (c) loses against
-                   (a), this says whether Ray is the cause; `--profile-dir` adds a
-                   torch.profiler trace of 8 steps of the last variant;
+                   no Ray, once per `--d-variants` arrangement ('feeder/crops/switch_ms':
+                   data.gpu_feeder, data.gpu_crops, data.switch_interval_ms) in the first
+                   compile mode, the fastest again in each further mode ('mode:...');
+                   where (c) loses against (a), this says whether Ray is the cause;
+                   `--profile-dir` adds a torch.profiler trace of 8 steps of the fastest;
   (e) diagnostic   the GPU-decode loader alone, no training: the input path's own speed.
 
 Where CUDA is there, (a) and (d) also time each step on the training stream with CUDA
@@ -60,8 +62,14 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # The Train controller polls its workers this often; 2 s (the default) adds idle seconds per run.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
-from benchmarks.throughput_steps import NUM_CLASSES, synthetic, variants  # noqa: E402
+from benchmarks.throughput_steps import (NUM_CLASSES, best_of, compile_modes, parse_variant,  # noqa: E402
+                                         synthetic, variants)
 
+
+# (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), feeders at
+# Python's GIL switch interval and at 0.5 ms
+D_VARIANTS = "serial/batched,pipelined/batched,serial/batched/0.5,pipelined/batched/0.5,inline/batched/0.5"
+SMOKE_D_VARIANTS = "serial/batched,inline/per_image/0.5,pipelined/batched/0.5"
 
 # ------------------------------------------------------------------ shards
 
@@ -167,18 +175,21 @@ class GpuMemoryPeak:
 def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gpu: bool,
             variant: str = "serial/batched") -> dict:
     """(b) or (c): `run_training` with one Ray Train worker; img/s of the epochs after the
-    first. (c) runs the GPU stage as `variant` ('feeder/crops')."""
+    first. (c) runs the GPU stage as `variant` ('[mode:]feeder/crops[/switch_ms]'), (b) and
+    (c) compile in the variant's mode (default: the first of --compile-modes)."""
     from edge_ray.config import from_dict
     from edge_ray.distributed.trainer import run_training
 
     cpus = os.cpu_count() or 2
+    v = parse_variant(variant)
+    mode = v["mode"] or compile_modes(args.compile_modes)[0]
     cfg = from_dict({
         "data": {"id_train": str(id_dir), "oe": str(oe_dir), "image_size": args.image_size,
                  "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
                  "loader_workers": args.loader_workers, "decode": decode,
-                 "gpu_feeder": variant.partition("/")[0], "gpu_crops": variant.partition("/")[2]},
+                 "gpu_feeder": v["feeder"], "gpu_crops": v["crops"], "switch_interval_ms": v["switch_ms"]},
         "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker,
-                  "compile_mode": args.compile_mode},
+                  "compile_mode": mode},
         "loss": {"method": "edge", "k": min(32, args.batch_size)},
         "train": {"epochs": args.epochs, "num_workers": 1, "use_gpu": use_gpu, "amp": True,
                   "cpus_per_worker": float(max(1, cpus - 1)), "storage_path": str(storage),
@@ -199,6 +210,7 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
             "epochs": epochs, "wall_s": time.perf_counter() - start,
             "data_wait_fraction": wait,
             "peak_gpu_memory_gib": memory.peak, "compile": args.compile_worker,
+            "compile_mode": mode if args.compile_worker else None,
             "loader_workers": args.loader_workers}
 
 
@@ -223,8 +235,10 @@ def rows(results: dict) -> list[tuple[str, str, dict]]:
     """(key, label, result) per measured row, (d) variants in the order they ran."""
     a = results.get("a_synthetic", {})
     out = [("a_eager", "(a) synthetic, eager", a.get("eager", {})),
-           ("a_compiled", "(a) synthetic, torch.compile", a.get("compiled", {})),
-           ("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode", results.get("b_ray_cpu_decode", {}))]
+           ("a_compiled", "(a) synthetic, torch.compile", a.get("compiled", {}))]
+    out += [(f"a_{key}", f"(a) synthetic, torch.compile {key.partition('_')[2]}", r)
+            for key, r in a.items() if key.startswith("compiled_")]
+    out.append(("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode", results.get("b_ray_cpu_decode", {})))
     c = results.get("c_ray_gpu_decode", {})
     out.append(("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode" + (f", {c['variant']}" if c.get("variant") else ""),
                 c))
@@ -236,15 +250,14 @@ def rows(results: dict) -> list[tuple[str, str, dict]]:
 
 def best_variant(results: dict) -> str | None:
     """The (d) variant that trained fastest, or None when (d) did not run."""
-    measured = {v: r["img_per_s"] for v, r in results.get("a_synthetic", {}).get("in_process", {}).items()
-                if r.get("img_per_s")}
-    return max(measured, key=measured.get) if measured else None
+    return best_of(results.get("a_synthetic", {}).get("in_process", {}))
 
 
 def summarise(results: dict, smoke: bool = False) -> dict:
     table_rows = rows(results)
     rates = {k: r.get("img_per_s") for k, _, r in table_rows}
-    compiled = rates["a_compiled"]
+    # the limit: the fastest compiled step, whichever --compile-modes mode gave it
+    compiled = max((v for k, v in rates.items() if k.startswith("a_compiled") and v), default=None)
     ratio = {k: (v / compiled if v and compiled else None) for k, v in rates.items()}
     memory = {k: r.get("peak_gpu_memory_gib", r.get("peak_reserved_gib")) for k, _, r in table_rows}
     wait = {k: r.get("data_wait_fraction") for k, _, r in table_rows}
@@ -303,16 +316,20 @@ def parse(argv=None):
     p.add_argument("--warmup", type=int, default=15, help="(a): steps before timing")
     p.add_argument("--steps", type=int, default=40, help="(a): timed steps")
     p.add_argument("--compile-backend", default="inductor", help="(a) compiled: torch.compile backend")
-    p.add_argument("--compile-mode", default="default",
-                   help="torch.compile mode for (a), (d) and the worker (model.compile_mode), e.g. "
-                        "reduce-overhead: CUDA graphs, less host work per step")
+    p.add_argument("--compile-modes", default="default",
+                   help="torch.compile modes (model.compile_mode), comma-separated: (a) runs each; (d) runs "
+                        "every --d-variants arrangement in the first and the fastest one again in each "
+                        "other, e.g. 'default,reduce-overhead' (CUDA graphs: less host work per step)")
     p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
                    help="(b), (c): run the worker's model eager (model.compile=false)")
-    p.add_argument("--d-variants", default="serial/per_image,pipelined/batched,inline/batched,serial/batched",
-                   help="(d): GPU-stage arrangements to time, feeder/crops (data.gpu_feeder / data.gpu_crops); "
-                        "the last one is profiled with --profile-dir")
+    p.add_argument("--d-variants", default=None,
+                   help="(d): GPU-stage arrangements to time, feeder/crops[/switch_ms] (data.gpu_feeder / "
+                        "data.gpu_crops / data.switch_interval_ms, the GIL switch interval while the feeder "
+                        "runs); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
+                        "; with --smoke: " + SMOKE_D_VARIANTS + ")")
     p.add_argument("--c-variant", default="best",
-                   help="(c): feeder/crops for the Ray worker, or 'best': the fastest (d) variant")
+                   help="(c): [mode:]feeder/crops[/switch_ms] for the Ray worker, or 'best': the fastest (d) "
+                        "run, its compile mode included")
     p.add_argument("--profile-dir", help="(d): write a torch.profiler trace of 8 steps and its kernel table here")
     p.add_argument("--synthetic-timeout", type=float, default=400)
     p.add_argument("--synthetic-child", help=argparse.SUPPRESS)
@@ -322,6 +339,8 @@ def parse(argv=None):
         args.batch_size = args.oe_batch_size = 8
         args.loader_workers, args.warmup, args.steps, args.epochs = 1, 2, 3, 1
         args.compile_backend, args.compile_worker = "eager", False  # dynamo only: no C++ build on CI
+    if args.d_variants is None:
+        args.d_variants = SMOKE_D_VARIANTS if args.smoke else D_VARIANTS
     return args
 
 
@@ -335,6 +354,7 @@ def main(argv=None) -> dict:
         return {}
     import torch
 
+    compile_modes(args.compile_modes), variants(args.d_variants)  # checked before any work
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if set(parts) - {"a", "b", "c", "d"}:
         raise SystemExit(f"--parts {args.parts!r}: choose from a, b, c, d")

@@ -20,7 +20,10 @@ NUM_CLASSES = 20
 
 
 def synthetic(args) -> dict:
-    """(a): the step on batches already in GPU memory, eager then torch.compile."""
+    """(a): the step on batches already in GPU memory, eager then torch.compile in each of
+    `--compile-modes`; with (d): the first mode's compiled step fed by the GPU-decode loader
+    in every `--d-variants` arrangement, (e), the profile of the fastest arrangement, and
+    for each further mode the fastest arrangement again."""
     import torch
 
     from edge_ray import engine
@@ -33,7 +36,9 @@ def synthetic(args) -> dict:
     model = build_model(args.model, NUM_CLASSES).to(device, memory_format=torch.channels_last)
     loss_cfg = LossConfig(k=min(32, args.batch_size))
     opt = engine.make_optimizer(model, TrainConfig())
-    sched = engine.make_scheduler(opt, TrainConfig(epochs=1), 2 * (args.warmup + args.steps))
+    modes = compile_modes(args.compile_modes)
+    # one-cycle over (a)'s steps: eager and each compile mode
+    sched = engine.make_scheduler(opt, TrainConfig(epochs=1), (1 + len(modes)) * (args.warmup + args.steps))
     loss_fn = engine.make_loss_fn(loss_cfg)
     opts = engine.StepOptions(device=device, amp=cuda, channels_last=True, diag_k=loss_cfg.k,
                               diag_m=loss_cfg.m, diag_gap=loss_cfg.gap)
@@ -43,58 +48,107 @@ def synthetic(args) -> dict:
              torch.randn(args.oe_batch_size, 3, s, s, device=device))
     images = args.batch_size + args.oe_batch_size
     out = {"device": describe_device(torch, device)}
-    eager = model
-    for mode in ("eager", "compiled"):
-        net = model if mode == "eager" else torch.compile(model, backend=args.compile_backend,
-                                                          mode=None if args.compile_mode == "default" else args.compile_mode)
+    with_d = "d" in args.parts.split(",")
+
+    def timed(key: str, net) -> bool:
+        """(a) for `net`: warm-up (compilation), then `--steps` timed steps; False if it failed."""
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         try:  # the worker's own epoch loop (engine.train_epoch) over the resident batch, n times
             engine.train_epoch(net, [batch] * args.warmup, loss_fn, opt, sched, epoch=1, opts=opts)
-        except Exception as err:  # e.g. no C compiler for inductor: keep eager, say why
-            if mode == "eager":
+        except Exception as err:  # e.g. no C compiler for inductor: say why, go on without it
+            if net is model:
                 raise
             traceback.print_exc()
-            out[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
-            net = eager
-            break
+            out[key] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            return False
         warm = time.perf_counter() - start
         marks: list = []
         stats = engine.train_epoch(net, marked([batch] * args.steps, marks, cuda), loss_fn, opt, sched,
                                    epoch=1, opts=opts)
         seconds = stats["seconds"]
-        out[mode] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
-                     "warmup_s": warm, "steps": args.steps, **gpu_spans(marks),
-                     "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-                     "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None}
-        print(f"(a) {mode}: {out[mode]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
-    if "d" in args.parts.split(","):
-        del batch
-        out["in_process"] = {}
-        for variant in variants(args.d_variants):
+        out[key] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
+                    "warmup_s": warm, "steps": args.steps, **gpu_spans(marks),
+                    "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                    "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None}
+        print(f"(a) {key}: {out[key]['img_per_s']:.1f} img/s (warm-up {warm:.1f}s)", flush=True)
+        return True
+
+    timed("eager", model)
+    for i, mode in enumerate(modes):
+        key = "compiled" if i == 0 else f"compiled_{mode}"
+        if i:
+            torch._dynamo.reset()  # the next mode compiles afresh, not from the last one's cache
+        net = torch.compile(model, backend=args.compile_backend, mode=None if mode == "default" else mode)
+        if not timed(key, net):
+            net = model if i == 0 else None  # the first mode's (d) falls back to eager
+        if not with_d or net is None:
+            continue
+        out.setdefault("in_process", {})
+        todo = variants(args.d_variants) if i == 0 else [f"{mode}:{best_of(out['in_process'])}"]
+        for variant in todo:
             # Saved after each part: a CUDA error aborts the process and would lose them all.
             save_partial(args, out)
-            out["in_process"][variant] = loader_epoch(args, net, loss_fn, opt, opts, variant)
-        save_partial(args, out)
-        out["decode_only"] = decode_only(args, opts)
-        if args.profile_dir:  # last: a profiler failure loses nothing else
+            try:
+                out["in_process"][variant] = loader_epoch(args, net, loss_fn, opt, opts, variant)
+            except Exception as err:  # a later mode's failure keeps the rest
+                if i == 0:
+                    raise
+                traceback.print_exc()
+                out["in_process"][variant] = {"error": f"{type(err).__name__}: {err}", "variant": variant}
+        if i == 0:
             save_partial(args, out)
-            out["profile"] = profile_steps(args, net, loss_fn, opt, opts, variants(args.d_variants)[-1])
+            out["decode_only"] = decode_only(args, opts)
+            if args.profile_dir:  # a profiler failure loses nothing measured before it
+                save_partial(args, out)
+                out["profile"] = profile_steps(args, net, loss_fn, opt, opts, best_of(out["in_process"]))
     return out
+
+
+def compile_modes(text: str) -> list[str]:
+    """'default,reduce-overhead' -> checked torch.compile modes (`config.COMPILE_MODES`)."""
+    from edge_ray.config import COMPILE_MODES
+
+    out = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in out if m not in COMPILE_MODES]
+    if bad or not out:
+        raise SystemExit(f"--compile-modes {text!r}: choose from {COMPILE_MODES}")
+    return out
+
+
+def parse_variant(text: str) -> dict:
+    """'[mode:]feeder/crops[/switch_ms]' -> {mode (None: the first --compile-modes one),
+    feeder, crops, switch_ms}: the data.gpu_feeder / data.gpu_crops /
+    data.switch_interval_ms settings and model.compile_mode of one (d) or (c) run."""
+    from edge_ray.config import COMPILE_MODES, GPU_CROPS, GPU_FEEDERS
+
+    mode, _, rest = text.strip().rpartition(":")
+    parts = rest.split("/")
+    ok = len(parts) in (2, 3) and parts[0] in GPU_FEEDERS and parts[1] in GPU_CROPS and \
+        (not mode or mode in COMPILE_MODES)
+    try:
+        switch = float(parts[2]) if len(parts) == 3 else 0.0
+    except ValueError:
+        ok = False
+    if not ok or switch < 0:
+        raise SystemExit(f"variant {text!r} is not [mode:]feeder/crops[/switch_ms] with feeder in "
+                         f"{GPU_FEEDERS}, crops in {GPU_CROPS}, mode in {COMPILE_MODES}, switch_ms >= 0")
+    return {"mode": mode or None, "feeder": parts[0], "crops": parts[1], "switch_ms": switch}
 
 
 def variants(text: str) -> list[str]:
-    """'serial/batched,pipelined/batched' -> checked 'feeder/crops' names."""
-    from edge_ray.config import GPU_CROPS, GPU_FEEDERS
-
+    """'serial/batched,pipelined/batched/0.5' -> the checked variant names (`parse_variant`)."""
     out = [v.strip() for v in text.split(",") if v.strip()]
     for v in out:
-        feeder, _, crops = v.partition("/")
-        if feeder not in GPU_FEEDERS or crops not in GPU_CROPS:
-            raise SystemExit(f"--d-variants: {v!r} is not feeder/crops with feeder in {GPU_FEEDERS}, "
-                             f"crops in {GPU_CROPS}")
+        parse_variant(v)
     return out
+
+
+def best_of(in_process: dict) -> str | None:
+    """The name of the fastest (d) run, or None when none ran."""
+    rates = {v: r["img_per_s"] for v, r in in_process.items() if r.get("img_per_s")}
+    return max(rates, key=rates.get) if rates else None
 
 
 def marked(batches, marks: list, cuda: bool, limit: int | None = None, profiler=None):
@@ -183,13 +237,13 @@ def make_loader(args, opts, variant: str = "serial/batched"):
     ago, as the trainer starts epoch e+1's workers when epoch e begins."""
     from edge_ray.data import load_index, train_loader
 
-    feeder, _, crops = variant.partition("/")
+    v = parse_variant(variant)
     shards = Path(args.shards_dir)
     loader = train_loader(load_index(shards / "id", role="id"), load_index(shards / "oe", role="oe"),
                           batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
                           image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
                           num_workers=args.loader_workers, decode="gpu", device=opts.device,
-                          gpu_feeder=feeder, gpu_crops=crops)
+                          gpu_feeder=v["feeder"], gpu_crops=v["crops"], switch_interval_ms=v["switch_ms"])
     loader.start()
     time.sleep(2.0)
     return loader

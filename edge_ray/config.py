@@ -38,6 +38,7 @@ class DataConfig:
     decode: str = "cpu"           # "cpu" or "gpu" (nvJPEG, falls back to cpu)
     gpu_feeder: str = "serial"    # decode=gpu: one of GPU_FEEDERS (below)
     gpu_crops: str = "batched"    # decode=gpu: one of GPU_CROPS (below)
+    switch_interval_ms: float = 0.0  # > 0: the interpreter's GIL switch interval while a feeder thread runs (0: Python's 5 ms)
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,8 @@ def validate(cfg: Config) -> Config:
         (cfg.data.gpu_feeder in GPU_FEEDERS,
          f"data.gpu_feeder must be one of {GPU_FEEDERS}, got {cfg.data.gpu_feeder!r}"),
         (cfg.data.gpu_crops in GPU_CROPS, f"data.gpu_crops must be one of {GPU_CROPS}, got {cfg.data.gpu_crops!r}"),
+        (cfg.data.switch_interval_ms >= 0,
+         f"data.switch_interval_ms must be >= 0 (0 keeps Python's), got {cfg.data.switch_interval_ms}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -168,6 +168,30 @@ def test_feeder_timings_and_option_errors(sets, monkeypatch):
                      world_size=1, num_workers=1, gpu_crops="bilinear")
 
 
+def test_switch_interval_holds_while_the_feeder_runs(sets, monkeypatch):
+    """data.switch_interval_ms: set while an epoch is iterated with a feeder thread, put
+    back after it, also when the loop stops early; the fallback without a feeder leaves it."""
+    import sys
+
+    before = sys.getswitchinterval()
+    kw = dict(batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0, world_size=1,
+              num_workers=1, switch_interval_ms=0.25)
+    plain = train_loader(*sets, **kw)  # CPU decode, no feeder thread
+    assert all(sys.getswitchinterval() == before for _ in plain)
+    monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
+    loader = train_loader(*sets, decode="gpu", **kw)
+    seen = [sys.getswitchinterval() for _ in loader]
+    assert len(seen) == len(loader) and seen == [pytest.approx(0.25e-3)] * len(seen)
+    assert sys.getswitchinterval() == before
+    batches = iter(loader)
+    next(batches)
+    assert sys.getswitchinterval() == pytest.approx(0.25e-3)
+    batches.close()  # a loop that breaks out early
+    assert sys.getswitchinterval() == before
+    with pytest.raises(ValueError, match="switch_interval_ms=-1"):
+        train_loader(*sets, **{**kw, "switch_interval_ms": -1})
+
+
 def test_epoch_and_seed_semantics_carry_over(sets, monkeypatch):
     monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
     keys = {e: [k for b in epoch(sets, decode="gpu", epoch=e, world_size=1, num_workers=1)[1]

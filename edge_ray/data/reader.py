@@ -16,6 +16,7 @@ per-epoch shuffled, rotated shard order.
 """
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -44,7 +45,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  crop_scale=(0.5, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
                  pin_memory: bool = False, device=None, gpu_feeder: str = "serial",
-                 gpu_crops: str = "batched", prefetch_to_device: bool = False) -> "TrainLoader":
+                 gpu_crops: str = "batched", prefetch_to_device: bool = False,
+                 switch_interval_ms: float = 0.0) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
@@ -56,6 +58,9 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     that GPU stage runs.
     `prefetch_to_device` (CPU decode, CUDA `device`): a thread copies each batch to the
     GPU on its own stream a batch ahead, so the copy overlaps the previous step.
+    `switch_interval_ms` > 0: while such a feeder thread runs (an epoch of iteration),
+    the interpreter's GIL switch interval (`sys.setswitchinterval`, Python's default 5 ms)
+    is this, so the feeder gets the GIL back sooner while the training loop holds it.
     """
     _check_role(id_index, "id")
     if oe_index is not None:
@@ -70,6 +75,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         raise ValueError(f"gpu_feeder={gpu_feeder!r}: choose one of {GPU_FEEDERS}")
     if gpu_crops not in GPU_CROPS:
         raise ValueError(f"gpu_crops={gpu_crops!r}: choose one of {GPU_CROPS}")
+    if not switch_interval_ms >= 0:
+        raise ValueError(f"switch_interval_ms={switch_interval_ms!r} must be >= 0 (0 keeps Python's)")
     _check_ranks(rank, world_size, num_workers)
     decode_on = gpu.resolve_device(device) if decode == "gpu" else None
     stream = _TrainStream(
@@ -82,7 +89,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     upload_to = None
     if decoder is None and prefetch_to_device and device is not None and torch.device(device).type == "cuda":
         upload_to = torch.device(device)
-    return TrainLoader(stream, num_workers, pin_memory, decoder, feeder=gpu_feeder, upload_to=upload_to)
+    return TrainLoader(stream, num_workers, pin_memory, decoder, feeder=gpu_feeder, upload_to=upload_to,
+                       switch_interval_ms=switch_interval_ms)
 
 
 def eval_loader(index: ShardIndex, *, batch_size: int, image_size: int, rank: int = 0,
@@ -143,9 +151,10 @@ class TrainLoader(_Loader):
 
     def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool,
                  decoder: "gpu.BatchDecoder | None" = None, feeder: str = "serial",
-                 upload_to: torch.device | None = None):
+                 upload_to: torch.device | None = None, switch_interval_ms: float = 0.0):
         super().__init__(stream, num_workers, pin_memory)
         self.decoder, self.feeder, self.upload_to = decoder, feeder, upload_to
+        self.switch_interval_ms = switch_interval_ms
         # Host seconds per part of the input work, summed over epochs (`prefetch`, `BatchDecoder`).
         self.timings: dict[str, float] = decoder.timings if decoder is not None else {}
 
@@ -191,9 +200,16 @@ class TrainLoader(_Loader):
         self._started = None  # workers started for another epoch would replay it
 
     def __iter__(self) -> Iterator[tuple]:
+        threaded = self.decoder is not None or self.upload_to is not None
+        previous = sys.getswitchinterval()
+        if threaded and self.switch_interval_ms > 0:
+            sys.setswitchinterval(self.switch_interval_ms / 1e3)
         count = 0
-        for count, batch in enumerate(self._batches(), start=1):
-            yield batch
+        try:
+            for count, batch in enumerate(self._batches(), start=1):
+                yield batch
+        finally:
+            sys.setswitchinterval(previous)
         if count != len(self):
             raise RuntimeError(f"rank {self.stream.rank} produced {count} of {len(self)} "
                                f"batches; DDP would hang (shards disagree with index.json?)")
