@@ -69,7 +69,7 @@ from benchmarks.throughput_steps import (NUM_CLASSES, best_of, compile_modes, pa
 # (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), feeders at
 # Python's GIL switch interval and at 0.5 ms
 D_VARIANTS = "serial/batched,pipelined/batched,serial/batched/0.5,pipelined/batched/0.5,inline/batched/0.5"
-SMOKE_D_VARIANTS = "serial/batched,inline/per_image/0.5,pipelined/batched/0.5"
+SMOKE_D_VARIANTS = "serial/batched,inline/per_image/0.5,pipelined/batched/0.5/cpu=0.25"
 
 # ------------------------------------------------------------------ shards
 
@@ -187,7 +187,8 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
         "data": {"id_train": str(id_dir), "oe": str(oe_dir), "image_size": args.image_size,
                  "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
                  "loader_workers": args.loader_workers, "decode": decode,
-                 "gpu_feeder": v["feeder"], "gpu_crops": v["crops"], "switch_interval_ms": v["switch_ms"]},
+                 "gpu_feeder": v["feeder"], "gpu_crops": v["crops"], "switch_interval_ms": v["switch_ms"],
+                 "cpu_decode_share": v["cpu_share"]},
         "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker,
                   "compile_mode": mode},
         "loss": {"method": "edge", "k": min(32, args.batch_size)},
@@ -323,9 +324,9 @@ def parse(argv=None):
     p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
                    help="(b), (c): run the worker's model eager (model.compile=false)")
     p.add_argument("--d-variants", default=None,
-                   help="(d): GPU-stage arrangements to time, feeder/crops[/switch_ms] (data.gpu_feeder / "
-                        "data.gpu_crops / data.switch_interval_ms, the GIL switch interval while the feeder "
-                        "runs); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
+                   help="(d): GPU-stage arrangements to time, feeder/crops[/switch_ms][/cpu=share] "
+                        "(data.gpu_feeder / data.gpu_crops / data.switch_interval_ms, the GIL switch interval "
+                        "while the feeder runs / data.cpu_decode_share, decoded by PIL in the loader workers); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
                         "; with --smoke: " + SMOKE_D_VARIANTS + ")")
     p.add_argument("--c-variant", default="best",
                    help="(c): [mode:]feeder/crops[/switch_ms] for the Ray worker, or 'best': the fastest (d) "

@@ -96,3 +96,16 @@ def test_trace_summary_against_a_brute_force_timeline(tmp_path):
     assert s["threads"]["1"]["cpu_ops_ms"] * 1e3 == pytest.approx(40)
     assert s["threads"]["2"]["sync_blocked_ms"] * 1e3 == pytest.approx(40)
     assert json.loads((tmp_path / "s.json").read_text())["training_stream"] == s["training_stream"]
+
+
+def test_throughput_variant_names_are_parsed_and_checked():
+    from benchmarks.throughput_steps import parse_variant
+
+    assert parse_variant("inline/batched/0.5/cpu=0.25") == {
+        "mode": None, "feeder": "inline", "crops": "batched", "switch_ms": 0.5, "cpu_share": 0.25}
+    assert parse_variant("reduce-overhead:serial/per_image/switch=1") == {
+        "mode": "reduce-overhead", "feeder": "serial", "crops": "per_image", "switch_ms": 1.0, "cpu_share": 0.0}
+    for bad in ("serial", "fast/batched", "serial/nearest", "serial/batched/cpu=1.5", "serial/batched/-1",
+                "serial/batched/foo=1", "turbo:serial/batched", "serial/batched/x"):
+        with pytest.raises(SystemExit, match="is not"):
+            parse_variant(bad)

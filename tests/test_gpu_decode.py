@@ -139,15 +139,16 @@ def test_gpu_decode_without_cuda_is_the_cpu_path(sets, monkeypatch):
     assert all(not x.is_cuda for x, *_ in fallback[1])
 
 
-@pytest.mark.parametrize("rank,feeder,crops", [(0, "serial", "batched"), (1, "serial", "batched"),
-                                                (0, "serial", "per_image"), (1, "pipelined", "batched"),
-                                                (0, "inline", "per_image")])
-def test_gpu_stage_on_cpu_tensors_matches_cpu_path(sets, monkeypatch, rank, feeder, crops):
+@pytest.mark.parametrize("rank,feeder,crops,share", [(0, "serial", "batched", 0), (1, "serial", "batched", 0),
+                                                      (0, "serial", "per_image", 0), (1, "pipelined", "batched", 0),
+                                                      (0, "inline", "per_image", 0), (1, "inline", "batched", 0.4),
+                                                      (0, "serial", "batched", 1)])
+def test_gpu_stage_on_cpu_tensors_matches_cpu_path(sets, monkeypatch, rank, feeder, crops, share):
     """The packing workers, the decoder and the feeder thread(s), run on the CPU: same
     samples, labels and steps per epoch, same crops (within the resize tolerance), in
-    every feeder arrangement."""
+    every feeder arrangement, and with a share of each batch decoded by the workers."""
     monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
-    packed = epoch(sets, decode="gpu", rank=rank, gpu_feeder=feeder, gpu_crops=crops)
+    packed = epoch(sets, decode="gpu", rank=rank, gpu_feeder=feeder, gpu_crops=crops, cpu_decode_share=share)
     cpu = epoch(sets, decode="cpu", rank=rank)
     assert_same_epochs(packed, cpu, mean_tol=1.5, image_tol=3.0)
 
@@ -166,6 +167,37 @@ def test_feeder_timings_and_option_errors(sets, monkeypatch):
     with pytest.raises(ValueError, match="gpu_crops='bilinear'"):
         train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0,
                      world_size=1, num_workers=1, gpu_crops="bilinear")
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.25, 1 / 3, 0.4, 0.5, 0.9, 1.0])
+def test_cpu_share_positions_are_the_share_evenly_spread(share):
+    """floor(n * share) of the first n positions, for every n, and never two in a row
+    below a share of 1/2 (brute force over the first 200 positions)."""
+    flags = [gpu.on_cpu_share(i, share) for i in range(200)]
+    for n in range(1, 201):
+        assert sum(flags[:n]) == int(n * share + 1e-9), (share, n)
+    if share <= 0.5:
+        assert not any(a and b for a, b in zip(flags, flags[1:]))
+
+
+def test_cpu_share_decodes_that_share_in_the_workers(sets, monkeypatch):
+    """cpu_decode_share: the positions `on_cpu_share` names arrive as PIL pixels (decoded
+    at the CPU path's draft size), the rest as JPEG bytes; bad values are refused."""
+    from edge_ray.data.records import read_shard
+
+    index = sets[0]
+    url, n = index.shards[0]
+    records = list(read_shard(url, np.arange(n), expected=n))[:6]
+    transform = train_transform(16)
+    batch = gpu.pack_batch(records, transform, np.random.default_rng(0), cpu_share=0.5)
+    jpeg = [gpu.jpeg_geometry(r.data, transform.min_decode_size) is not None for r in records]
+    assert batch.on_gpu == [ok and not gpu.on_cpu_share(i, 0.5) for i, ok in enumerate(jpeg)]
+    assert len(batch.encoded_sizes) == sum(batch.on_gpu)
+    cpu_sizes = [h * w * 3 for (h, w), g in zip(batch.sizes, batch.on_gpu) if not g]
+    assert batch.pixels.numel() == sum(cpu_sizes) > 0
+    with pytest.raises(ValueError, match="cpu_decode_share=1.5"):
+        train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0,
+                     world_size=1, num_workers=1, decode="gpu", cpu_decode_share=1.5)
 
 
 def test_switch_interval_holds_while_the_feeder_runs(sets, monkeypatch):
@@ -406,8 +438,10 @@ def test_gpu_batches_feed_a_training_step(sets):
                                      dict(decode="gpu", gpu_feeder="serial"),
                                      dict(decode="gpu", gpu_feeder="pipelined"),
                                      dict(decode="gpu", gpu_feeder="inline"),
+                                     dict(decode="gpu", gpu_feeder="inline", cpu_decode_share=0.4),
                                      dict(decode="cpu", prefetch_to_device=True)],
-                         ids=["serial-per-image", "serial", "pipelined", "inline", "cpu-decode-prefetched"])
+                         ids=["serial-per-image", "serial", "pipelined", "inline", "inline-cpu-share",
+                              "cpu-decode-prefetched"])
 def test_gpu_batches_stay_right_while_the_gpu_is_busy(sets, options):
     """Regression (one H100, 2026-11-26): once training stopped syncing every step, the
     decode side stream lagged behind the feeder thread and nvJPEG (which writes on its own

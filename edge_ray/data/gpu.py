@@ -42,7 +42,7 @@ from .records import Record
 from .resize import crop_resize, crop_resize_batch, resize_weights
 from .transforms import TrainTransform, decode_image
 
-__all__ = ["PackedBatch", "pack_batch", "jpeg_geometry", "scale_box", "BatchDecoder", "decode_jpeg",
+__all__ = ["PackedBatch", "pack_batch", "on_cpu_share", "jpeg_geometry", "scale_box", "BatchDecoder", "decode_jpeg",
            "resolve_device", "prefetch", "crop_resize", "crop_resize_batch", "resize_weights"]
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -84,17 +84,21 @@ class PackedBatch:
         return len(self.keys)
 
 
-def pack_batch(records: list[Record], transform: TrainTransform, gen: np.random.Generator) -> PackedBatch:
+def pack_batch(records: list[Record], transform: TrainTransform, gen: np.random.Generator,
+               cpu_share: float = 0.0) -> PackedBatch:
     """The worker half of the GPU stage: `reader._decode_batch`'s counterpart.
 
     Consumes `gen` exactly as the CPU path does (one `sample_crop` per record, in order),
-    so both paths draw the same crops from the same seeds.
+    so both paths draw the same crops from the same seeds. `cpu_share` (0..1): that share
+    of the batch, spread evenly over its positions, is decoded here by PIL as the CPU path
+    does (and cropped on the GPU like the rest) even where nvJPEG could: the worker's cores
+    then take part of the decoding off the GPU (`DataConfig.cpu_decode_share`).
     """
     on_gpu, sizes, boxes, flips, encoded, pixels = [], [], [], [], [], []
     min_size = transform.min_decode_size
-    for rec in records:
+    for i, rec in enumerate(records):
         try:
-            geometry = jpeg_geometry(rec.data, min_size)
+            geometry = None if on_cpu_share(i, cpu_share) else jpeg_geometry(rec.data, min_size)
             if geometry is None:  # CPU decode, exactly as the CPU path
                 rgb = np.asarray(decode_image(rec.data, min_size=min_size), dtype=np.uint8)
                 height, width = rgb.shape[:2]
@@ -116,6 +120,12 @@ def pack_batch(records: list[Record], transform: TrainTransform, gen: np.random.
         sizes=sizes, boxes=boxes, flips=flips, encoded=_concat_bytes(encoded),
         encoded_sizes=[len(b) for b in encoded],
         pixels=torch.from_numpy(np.concatenate(pixels)) if pixels else torch.empty(0, dtype=torch.uint8))
+
+
+def on_cpu_share(position: int, share: float) -> bool:
+    """Whether batch position `position` falls in the CPU-decoded `share`: every position
+    where floor((i + 1) * share) steps up, i.e. floor(n * share) of any first n, evenly spread."""
+    return share > 0 and int((position + 1) * share + 1e-9) > int(position * share + 1e-9)
 
 
 def jpeg_geometry(data: bytes, min_size: int) -> tuple[int, int, tuple[int, int], int] | None:

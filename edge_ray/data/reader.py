@@ -46,7 +46,7 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
                  pin_memory: bool = False, device=None, gpu_feeder: str = "serial",
                  gpu_crops: str = "batched", prefetch_to_device: bool = False,
-                 switch_interval_ms: float = 0.0) -> "TrainLoader":
+                 switch_interval_ms: float = 0.0, cpu_decode_share: float = 0.0) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
@@ -61,6 +61,9 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     `switch_interval_ms` > 0: while such a feeder thread runs (an epoch of iteration),
     the interpreter's GIL switch interval (`sys.setswitchinterval`, Python's default 5 ms)
     is this, so the feeder gets the GIL back sooner while the training loop holds it.
+    `cpu_decode_share` (decode="gpu", 0..1): that share of each batch is decoded by PIL in
+    the DataLoader workers, as the CPU path does, instead of by nvJPEG (then cropped on the
+    GPU with the rest): the workers' cores take part of the decoding off the GPU.
     """
     _check_role(id_index, "id")
     if oe_index is not None:
@@ -75,6 +78,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         raise ValueError(f"gpu_feeder={gpu_feeder!r}: choose one of {GPU_FEEDERS}")
     if gpu_crops not in GPU_CROPS:
         raise ValueError(f"gpu_crops={gpu_crops!r}: choose one of {GPU_CROPS}")
+    if not 0 <= cpu_decode_share <= 1:
+        raise ValueError(f"cpu_decode_share={cpu_decode_share!r} must lie in [0, 1]")
     if not switch_interval_ms >= 0:
         raise ValueError(f"switch_interval_ms={switch_interval_ms!r} must be >= 0 (0 keeps Python's)")
     _check_ranks(rank, world_size, num_workers)
@@ -83,12 +88,15 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         id_index, oe_index, batch_size=batch_size, oe_batch_size=oe_batch_size, epoch=epoch,
         seed=seed, rank=rank, world_size=world_size, num_workers=max(1, num_workers),
         transform=train_transform(image_size, hflip=hflip, crop_scale=crop_scale, mean=mean, std=std),
-        shuffle_buffer=shuffle_buffer, return_keys=return_keys, packed=decode_on is not None)
+        shuffle_buffer=shuffle_buffer, return_keys=return_keys, packed=decode_on is not None,
+        cpu_share=cpu_decode_share)
     decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on,
                                                               batched=gpu_crops == "batched")
     upload_to = None
     if decoder is None and prefetch_to_device and device is not None and torch.device(device).type == "cuda":
         upload_to = torch.device(device)
+        if upload_to.index is None:  # the prefetch thread sets this device: it needs an index
+            upload_to = torch.device("cuda", torch.cuda.current_device())
     return TrainLoader(stream, num_workers, pin_memory, decoder, feeder=gpu_feeder, upload_to=upload_to,
                        switch_interval_ms=switch_interval_ms)
 
@@ -228,7 +236,8 @@ class _TrainStream(IterableDataset):
     """Per worker: its ID positions -> shuffle -> decode, zipped with an endless OE stream."""
 
     def __init__(self, id_index, oe_index, *, batch_size, oe_batch_size, epoch, seed, rank,
-                 world_size, num_workers, transform, shuffle_buffer, return_keys, packed=False):
+                 world_size, num_workers, transform, shuffle_buffer, return_keys, packed=False,
+                 cpu_share=0.0):
         self.id_index, self.oe_index, self.transform = id_index, oe_index, transform
         self.batch_size, self.oe_batch_size = int(batch_size), int(oe_batch_size)
         if self.oe_batch_size < 1:
@@ -236,6 +245,7 @@ class _TrainStream(IterableDataset):
         self.epoch, self.seed, self.rank, self.world_size = int(epoch), int(seed), rank, world_size
         self.num_workers, self.shuffle_buffer, self.return_keys = num_workers, shuffle_buffer, return_keys
         self.packed = packed  # yield `gpu.PackedBatch`es for the GPU stage instead of pixels
+        self.cpu_share = cpu_share  # of each packed batch: decoded here by PIL (`gpu.pack_batch`)
         self.steps = steps_per_epoch(id_index.num_samples, self.batch_size, world_size)
 
     def __iter__(self):
@@ -245,7 +255,11 @@ class _TrainStream(IterableDataset):
         seeds = (self.seed, self.epoch)
         id_gen = plan.rng(*seeds, plan.ID_AUGMENT, self.rank, worker)
         oe_gen = plan.rng(*seeds, plan.OE_AUGMENT, self.rank, worker)
-        stage = gpu.pack_batch if self.packed else _decode_batch
+        if self.packed:
+            def stage(records, transform, gen):
+                return gpu.pack_batch(records, transform, gen, cpu_share=self.cpu_share)
+        else:
+            stage = _decode_batch
         for id_batch, oe_batch in self.record_batches(worker):
             x_id = stage(id_batch, self.transform, id_gen)
             x_oe = None if oe_batch is None else stage(oe_batch, self.transform, oe_gen)
