@@ -5,16 +5,17 @@
 #      both libjpeg decodes, printed per file; GPU vs CPU batches in every feeder
 #      arrangement, also with the GPU busy; the async loss read-back on CUDA);
 #   3. benchmarks/throughput.py: (a) synthetic eager/compiled, (d) in-process GPU-decode
-#      loader in five arrangements (feeder/crops/GIL switch interval) plus a profiler trace
-#      of the fastest, (e) the loader alone, then (a) and the fastest (d) again compiled
-#      with CUDA graphs (reduce-overhead), (c) Ray worker + GPU decode as the fastest (d),
+#      loader in five arrangements (feeder/crops/share decoded by PIL in the loader
+#      workers) plus a profiler trace of the fastest, (e) the loader alone (MODES=
+#      default,reduce-overhead adds (a) and the fastest (d) compiled with CUDA graphs:
+#      slower in run 5), (c) Ray worker + GPU decode as the fastest (d),
 #      (b) Ray worker + CPU decode, on 32768 ID + 4096 OE synthetic 320px JPEGs built in
 #      /tmp/edge-bench-shards (about 2 GB).
 # Run from the repository root after the wheels are installed, e.g.
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled \
 #     && bash benchmarks/device_run.sh
-# PARTS=a,d,c skips (b); MODES=default skips the CUDA-graph runs; EXTRA=--smoke runs the whole flow tiny (a check on a CPU box). Results land in $OUT (default /tmp/edge-device-out): env.txt,
+# PARTS=a,d,c skips (b); EXTRA=--smoke runs the whole flow tiny (a check on a CPU box). Results land in $OUT (default /tmp/edge-device-out): env.txt,
 # pytest.txt, throughput.txt, throughput.json, trace_d.json.gz and profile_d.txt
 # (torch.profiler, 8 steps of (d): open the trace in Perfetto), trace_summary.json (the
 # trace in numbers: benchmarks/trace_summary.py); the Markdown table near the end of
@@ -82,7 +83,7 @@ echo "tests done at $(( $(date +%s) - start ))s"
 # (c) before (b): if time runs short, the target's number is the one to keep; all of it
 # ends by 555 s after the start (the device's per-command limit is 600 s).
 timeout $(( 555 - ($(date +%s) - start) )) "$PY" benchmarks/throughput.py --parts "${PARTS:-a,d,c,b}" \
-  --compile-modes "${MODES:-default,reduce-overhead}" --synthetic-timeout 360 \
+  --compile-modes "${MODES:-default}" --synthetic-timeout 360 \
   --shards-dir /tmp/edge-bench-shards --profile-dir "$OUT" \
   --json "$OUT/throughput.json" ${EXTRA:-} 2>&1 | tee "$OUT/throughput.txt"
 if [ -f "$OUT/trace_d.json.gz" ]; then  # where the training stream waited, from the trace

@@ -11,8 +11,8 @@ channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
   (c) ray, gpu     the same with data.decode=gpu (nvJPEG + crops on the GPU), its GPU
                    stage arranged as `--c-variant` (default: the fastest (d));
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
-                   no Ray, once per `--d-variants` arrangement ('feeder/crops/switch_ms':
-                   data.gpu_feeder, data.gpu_crops, data.switch_interval_ms) in the first
+                   no Ray, once per `--d-variants` arrangement ('feeder/crops/cpu=share':
+                   data.gpu_feeder, data.gpu_crops, data.cpu_decode_share) in the first
                    compile mode, the fastest again in each further mode ('mode:...');
                    where (c) loses against (a), this says whether Ray is the cause;
                    `--profile-dir` adds a torch.profiler trace of 8 steps of the fastest;
@@ -66,10 +66,10 @@ from benchmarks.throughput_steps import (NUM_CLASSES, best_of, compile_modes, pa
                                          synthetic, variants)
 
 
-# (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), feeders at
-# Python's GIL switch interval and at 0.5 ms
-D_VARIANTS = "serial/batched,pipelined/batched,serial/batched/0.5,pipelined/batched/0.5,inline/batched/0.5"
-SMOKE_D_VARIANTS = "serial/batched,inline/per_image/0.5,pipelined/batched/0.5/cpu=0.25"
+# (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), the serial and
+# inline feeders (inline fastest in run 5), nvJPEG alone or with a share decoded by PIL
+D_VARIANTS = "serial/batched,inline/batched,inline/batched/cpu=0.25,inline/batched/cpu=0.4,serial/batched/cpu=0.4"
+SMOKE_D_VARIANTS = "serial/batched,inline/per_image,pipelined/batched/cpu=0.25"
 
 # ------------------------------------------------------------------ shards
 
@@ -175,7 +175,7 @@ class GpuMemoryPeak:
 def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gpu: bool,
             variant: str = "serial/batched") -> dict:
     """(b) or (c): `run_training` with one Ray Train worker; img/s of the epochs after the
-    first. (c) runs the GPU stage as `variant` ('[mode:]feeder/crops[/switch_ms]'), (b) and
+    first. (c) runs the GPU stage as `variant` ('[mode:]feeder/crops[/cpu=share]'), (b) and
     (c) compile in the variant's mode (default: the first of --compile-modes)."""
     from edge_ray.config import from_dict
     from edge_ray.distributed.trainer import run_training
@@ -187,8 +187,7 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
         "data": {"id_train": str(id_dir), "oe": str(oe_dir), "image_size": args.image_size,
                  "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
                  "loader_workers": args.loader_workers, "decode": decode,
-                 "gpu_feeder": v["feeder"], "gpu_crops": v["crops"], "switch_interval_ms": v["switch_ms"],
-                 "cpu_decode_share": v["cpu_share"]},
+                 "gpu_feeder": v["feeder"], "gpu_crops": v["crops"], "cpu_decode_share": v["cpu_share"]},
         "model": {"name": args.model, "channels_last": True, "compile": args.compile_worker,
                   "compile_mode": mode},
         "loss": {"method": "edge", "k": min(32, args.batch_size)},
@@ -324,12 +323,11 @@ def parse(argv=None):
     p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
                    help="(b), (c): run the worker's model eager (model.compile=false)")
     p.add_argument("--d-variants", default=None,
-                   help="(d): GPU-stage arrangements to time, feeder/crops[/switch_ms][/cpu=share] "
-                        "(data.gpu_feeder / data.gpu_crops / data.switch_interval_ms, the GIL switch interval "
-                        "while the feeder runs / data.cpu_decode_share, decoded by PIL in the loader workers); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
+                   help="(d): GPU-stage arrangements to time, feeder/crops[/cpu=share] (data.gpu_feeder / "
+                        "data.gpu_crops / data.cpu_decode_share, decoded by PIL in the loader workers); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
                         "; with --smoke: " + SMOKE_D_VARIANTS + ")")
     p.add_argument("--c-variant", default="best",
-                   help="(c): [mode:]feeder/crops[/switch_ms] for the Ray worker, or 'best': the fastest (d) "
+                   help="(c): [mode:]feeder/crops[/cpu=share] for the Ray worker, or 'best': the fastest (d) "
                         "run, its compile mode included")
     p.add_argument("--profile-dir", help="(d): write a torch.profiler trace of 8 steps and its kernel table here")
     p.add_argument("--synthetic-timeout", type=float, default=400)

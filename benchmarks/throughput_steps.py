@@ -118,10 +118,9 @@ def compile_modes(text: str) -> list[str]:
 
 
 def parse_variant(text: str) -> dict:
-    """'[mode:]feeder/crops[/switch_ms][/cpu=share]' -> {mode (None: the first
-    --compile-modes one), feeder, crops, switch_ms, cpu_share}: model.compile_mode and the
-    data.gpu_feeder / gpu_crops / switch_interval_ms / cpu_decode_share settings of one
-    (d) or (c) run; e.g. 'inline/batched/0.5/cpu=0.25'."""
+    """'[mode:]feeder/crops[/cpu=share]' -> {mode (None: the first --compile-modes one),
+    feeder, crops, cpu_share}: model.compile_mode and the data.gpu_feeder / gpu_crops /
+    cpu_decode_share settings of one (d) or (c) run; e.g. 'inline/batched/cpu=0.25'."""
     from edge_ray.config import COMPILE_MODES, GPU_CROPS, GPU_FEEDERS
 
     mode, _, rest = text.strip().rpartition(":")
@@ -129,25 +128,24 @@ def parse_variant(text: str) -> dict:
     ok = len(parts) >= 2 and parts[0] in GPU_FEEDERS and parts[1] in GPU_CROPS and \
         (not mode or mode in COMPILE_MODES)
     out = {"mode": mode or None, "feeder": parts[0], "crops": parts[1] if len(parts) > 1 else None,
-           "switch_ms": 0.0, "cpu_share": 0.0}
+           "cpu_share": 0.0}
     for field in parts[2:]:
         key, _, value = field.rpartition("=")
-        key = {"": "switch_ms", "switch": "switch_ms", "cpu": "cpu_share"}.get(key)
+        key = {"cpu": "cpu_share"}.get(key)
         try:
             if key is None:
                 raise ValueError(field)
             out[key] = float(value)
         except ValueError:
             ok = False
-    if not ok or out["switch_ms"] < 0 or not 0 <= out["cpu_share"] <= 1:
-        raise SystemExit(f"variant {text!r} is not [mode:]feeder/crops[/switch_ms][/cpu=share] with feeder in "
-                         f"{GPU_FEEDERS}, crops in {GPU_CROPS}, mode in {COMPILE_MODES}, switch_ms >= 0, "
-                         "share in [0, 1]")
+    if not ok or not 0 <= out["cpu_share"] <= 1:
+        raise SystemExit(f"variant {text!r} is not [mode:]feeder/crops[/cpu=share] with feeder in "
+                         f"{GPU_FEEDERS}, crops in {GPU_CROPS}, mode in {COMPILE_MODES}, share in [0, 1]")
     return out
 
 
 def variants(text: str) -> list[str]:
-    """'serial/batched,pipelined/batched/0.5' -> the checked variant names (`parse_variant`)."""
+    """'serial/batched,inline/batched/cpu=0.4' -> the checked variant names (`parse_variant`)."""
     out = [v.strip() for v in text.split(",") if v.strip()]
     for v in out:
         parse_variant(v)
@@ -252,8 +250,7 @@ def make_loader(args, opts, variant: str = "serial/batched"):
                           batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
                           image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
                           num_workers=args.loader_workers, decode="gpu", device=opts.device,
-                          gpu_feeder=v["feeder"], gpu_crops=v["crops"], switch_interval_ms=v["switch_ms"],
-                          cpu_decode_share=v["cpu_share"])
+                          gpu_feeder=v["feeder"], gpu_crops=v["crops"], cpu_decode_share=v["cpu_share"])
     loader.start()
     time.sleep(2.0)
     return loader

@@ -39,7 +39,6 @@ class DataConfig:
     gpu_feeder: str = "serial"    # decode=gpu: one of GPU_FEEDERS (below)
     gpu_crops: str = "batched"    # decode=gpu: one of GPU_CROPS (below)
     cpu_decode_share: float = 0.0  # decode=gpu: share of each batch decoded by PIL in the loader workers instead of nvJPEG
-    switch_interval_ms: float = 0.0  # > 0: the interpreter's GIL switch interval while a feeder thread runs (0: Python's 5 ms)
 
 
 @dataclass(frozen=True)
@@ -264,8 +263,6 @@ def validate(cfg: Config) -> Config:
         (cfg.data.gpu_crops in GPU_CROPS, f"data.gpu_crops must be one of {GPU_CROPS}, got {cfg.data.gpu_crops!r}"),
         (0 <= cfg.data.cpu_decode_share <= 1,
          f"data.cpu_decode_share must lie in [0, 1], got {cfg.data.cpu_decode_share}"),
-        (cfg.data.switch_interval_ms >= 0,
-         f"data.switch_interval_ms must be >= 0 (0 keeps Python's), got {cfg.data.switch_interval_ms}"),
     ]
     for ok, message in checks:
         if not ok:

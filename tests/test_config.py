@@ -40,7 +40,7 @@ def test_gpu_input_and_compile_mode_values_are_checked():
     assert ok.data.gpu_feeder == "pipelined" and ok.model.compile_mode == "reduce-overhead"
     for bad, word in (({"data": {"gpu_feeder": "async"}}, "data.gpu_feeder"),
                       ({"data": {"gpu_crops": "nearest"}}, "data.gpu_crops"),
-                      ({"data": {"switch_interval_ms": -0.5}}, "data.switch_interval_ms"),
+                      ({"data": {"cpu_decode_share": 1.5}}, "data.cpu_decode_share"),
                       ({"model": {"compile_mode": "fast"}}, "model.compile_mode")):
         with pytest.raises(ConfigError, match=word):
             validate(from_dict(bad))

@@ -200,28 +200,28 @@ def test_cpu_share_decodes_that_share_in_the_workers(sets, monkeypatch):
                      world_size=1, num_workers=1, decode="gpu", cpu_decode_share=1.5)
 
 
-def test_switch_interval_holds_while_the_feeder_runs(sets, monkeypatch):
-    """data.switch_interval_ms: set while an epoch is iterated with a feeder thread, put
-    back after it, also when the loop stops early; the fallback without a feeder leaves it."""
-    import sys
-
-    before = sys.getswitchinterval()
+def test_packed_batches_are_pinned_only_for_a_cuda_decoder(sets, monkeypatch):
+    """On CUDA the DataLoader's pin thread page-locks packed batches; a CPU decoder (and
+    the CPU path) leaves them alone. Where CUDA is there, the pinned copy holds the same
+    bytes, page-locked."""
     kw = dict(batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0, world_size=1,
-              num_workers=1, switch_interval_ms=0.25)
-    plain = train_loader(*sets, **kw)  # CPU decode, no feeder thread
-    assert all(sys.getswitchinterval() == before for _ in plain)
+              num_workers=1)
+    assert not train_loader(*sets, **kw).pin_memory
     monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cpu"))
-    loader = train_loader(*sets, decode="gpu", **kw)
-    seen = [sys.getswitchinterval() for _ in loader]
-    assert len(seen) == len(loader) and seen == [pytest.approx(0.25e-3)] * len(seen)
-    assert sys.getswitchinterval() == before
-    batches = iter(loader)
-    next(batches)
-    assert sys.getswitchinterval() == pytest.approx(0.25e-3)
-    batches.close()  # a loop that breaks out early
-    assert sys.getswitchinterval() == before
-    with pytest.raises(ValueError, match="switch_interval_ms=-1"):
-        train_loader(*sets, **{**kw, "switch_interval_ms": -1})
+    assert not train_loader(*sets, decode="gpu", **kw).pin_memory
+    url, n = sets[0].shards[0]
+    from edge_ray.data.records import read_shard
+
+    records = list(read_shard(url, np.arange(n), expected=n))[:5]
+    batch = gpu.pack_batch(records, train_transform(16), np.random.default_rng(0), cpu_share=0.4)
+    assert batch.pixels.numel() > 0 and batch.encoded.numel() > 0
+    if CUDA:
+        monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cuda", 0))
+        assert train_loader(*sets, decode="gpu", **kw).pin_memory
+        pinned = batch.pin_memory()
+        for before, after in ((batch.encoded, pinned.encoded), (batch.pixels, pinned.pixels)):
+            assert after.is_pinned() and torch.equal(before, after)
+        assert pinned.keys == batch.keys and pinned.boxes == batch.boxes
 
 
 def test_epoch_and_seed_semantics_carry_over(sets, monkeypatch):

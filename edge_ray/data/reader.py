@@ -16,7 +16,6 @@ per-epoch shuffled, rotated shard order.
 """
 from __future__ import annotations
 
-import sys
 from typing import Iterator
 
 import numpy as np
@@ -46,7 +45,7 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
                  pin_memory: bool = False, device=None, gpu_feeder: str = "serial",
                  gpu_crops: str = "batched", prefetch_to_device: bool = False,
-                 switch_interval_ms: float = 0.0, cpu_decode_share: float = 0.0) -> "TrainLoader":
+                 cpu_decode_share: float = 0.0) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
@@ -58,9 +57,6 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     that GPU stage runs.
     `prefetch_to_device` (CPU decode, CUDA `device`): a thread copies each batch to the
     GPU on its own stream a batch ahead, so the copy overlaps the previous step.
-    `switch_interval_ms` > 0: while such a feeder thread runs (an epoch of iteration),
-    the interpreter's GIL switch interval (`sys.setswitchinterval`, Python's default 5 ms)
-    is this, so the feeder gets the GIL back sooner while the training loop holds it.
     `cpu_decode_share` (decode="gpu", 0..1): that share of each batch is decoded by PIL in
     the DataLoader workers, as the CPU path does, instead of by nvJPEG (then cropped on the
     GPU with the rest): the workers' cores take part of the decoding off the GPU.
@@ -80,8 +76,6 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         raise ValueError(f"gpu_crops={gpu_crops!r}: choose one of {GPU_CROPS}")
     if not 0 <= cpu_decode_share <= 1:
         raise ValueError(f"cpu_decode_share={cpu_decode_share!r} must lie in [0, 1]")
-    if not switch_interval_ms >= 0:
-        raise ValueError(f"switch_interval_ms={switch_interval_ms!r} must be >= 0 (0 keeps Python's)")
     _check_ranks(rank, world_size, num_workers)
     decode_on = gpu.resolve_device(device) if decode == "gpu" else None
     stream = _TrainStream(
@@ -92,13 +86,17 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         cpu_share=cpu_decode_share)
     decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on,
                                                               batched=gpu_crops == "batched")
+    if decoder is not None and decoder.device.type == "cuda":
+        # the DataLoader's pin thread page-locks each packed batch (`PackedBatch.pin_memory`):
+        # off the feeder thread, which took ~20 ms a step to stage 20-30 MB of PIL-decoded
+        # pixels itself (benchmarks/README.md, run 6)
+        pin_memory = True
     upload_to = None
     if decoder is None and prefetch_to_device and device is not None and torch.device(device).type == "cuda":
         upload_to = torch.device(device)
         if upload_to.index is None:  # the prefetch thread sets this device: it needs an index
             upload_to = torch.device("cuda", torch.cuda.current_device())
-    return TrainLoader(stream, num_workers, pin_memory, decoder, feeder=gpu_feeder, upload_to=upload_to,
-                       switch_interval_ms=switch_interval_ms)
+    return TrainLoader(stream, num_workers, pin_memory, decoder, feeder=gpu_feeder, upload_to=upload_to)
 
 
 def eval_loader(index: ShardIndex, *, batch_size: int, image_size: int, rank: int = 0,
@@ -159,10 +157,9 @@ class TrainLoader(_Loader):
 
     def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool,
                  decoder: "gpu.BatchDecoder | None" = None, feeder: str = "serial",
-                 upload_to: torch.device | None = None, switch_interval_ms: float = 0.0):
+                 upload_to: torch.device | None = None):
         super().__init__(stream, num_workers, pin_memory)
         self.decoder, self.feeder, self.upload_to = decoder, feeder, upload_to
-        self.switch_interval_ms = switch_interval_ms
         # Host seconds per part of the input work, summed over epochs (`prefetch`, `BatchDecoder`).
         self.timings: dict[str, float] = decoder.timings if decoder is not None else {}
 
@@ -208,16 +205,9 @@ class TrainLoader(_Loader):
         self._started = None  # workers started for another epoch would replay it
 
     def __iter__(self) -> Iterator[tuple]:
-        threaded = self.decoder is not None or self.upload_to is not None
-        previous = sys.getswitchinterval()
-        if threaded and self.switch_interval_ms > 0:
-            sys.setswitchinterval(self.switch_interval_ms / 1e3)
         count = 0
-        try:
-            for count, batch in enumerate(self._batches(), start=1):
-                yield batch
-        finally:
-            sys.setswitchinterval(previous)
+        for count, batch in enumerate(self._batches(), start=1):
+            yield batch
         if count != len(self):
             raise RuntimeError(f"rank {self.stream.rank} produced {count} of {len(self)} "
                                f"batches; DDP would hang (shards disagree with index.json?)")

@@ -107,7 +107,7 @@ class TrainSummary:
 # Keys that may change between a run and its resumption: how long, where, on what
 # resources, with which input mechanics; not what is trained.
 RESUMABLE_CHANGES = {
-    "data": {"loader_workers", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "switch_interval_ms", "id_val", "id_test", "oe_val", "ood"},
+    "data": {"loader_workers", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
     "model": {"compile", "compile_mode", "channels_last"},
     "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every",
               "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},

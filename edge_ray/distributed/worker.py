@@ -108,8 +108,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
                             crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std,
                             decode=cfg.data.decode, device=device, gpu_feeder=cfg.data.gpu_feeder,
-                            gpu_crops=cfg.data.gpu_crops, switch_interval_ms=cfg.data.switch_interval_ms,
-                            cpu_decode_share=cfg.data.cpu_decode_share,
+                            gpu_crops=cfg.data.gpu_crops, cpu_decode_share=cfg.data.cpu_decode_share,
                             # CPU-decoded batches pinned and copied to the GPU by a thread on
                             # its own stream, a batch ahead: the copy overlaps the last step
                             pin_memory=on_gpu and cfg.data.decode == "cpu",
