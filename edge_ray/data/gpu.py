@@ -88,8 +88,10 @@ class PackedBatch:
         """The batch with its two buffers in page-locked memory (the DataLoader's pin
         thread calls this with pin_memory=True): nvJPEG then copies the files to the GPU
         by DMA, and the pixels upload without a staging copy on the feeder thread."""
-        return dataclasses.replace(self, encoded=self.encoded.pin_memory(),
-                                   pixels=self.pixels.pin_memory() if self.pixels.numel() else self.pixels)
+        def pin(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory() if t.numel() else t
+
+        return dataclasses.replace(self, encoded=pin(self.encoded), pixels=pin(self.pixels))
 
 
 def pack_batch(records: list[Record], transform: TrainTransform, gen: np.random.Generator,
