@@ -5,10 +5,11 @@
 #      both libjpeg decodes, printed per file; GPU vs CPU batches in every feeder
 #      arrangement, also with the GPU busy; the async loss read-back on CUDA);
 #   3. benchmarks/throughput.py: (a) synthetic eager/compiled, (d) in-process GPU-decode
-#      loader in five arrangements (feeder/crops/share decoded by PIL in the loader
-#      workers) plus a profiler trace of the fastest, (e) the loader alone (MODES=
-#      default,reduce-overhead adds (a) and the fastest (d) compiled with CUDA graphs:
-#      slower in run 5), (c) Ray worker + GPU decode as the fastest (d),
+#      loader in six arrangements (feeder/crops/share decoded by PIL in the loader
+#      workers/pin=0: packed batches not page-locked, as in runs 1-6) plus a profiler
+#      trace of the fastest, (e) the loader alone (MODES=default,reduce-overhead adds (a)
+#      and the fastest (d) compiled with CUDA graphs: slower in run 5), (c) Ray worker +
+#      GPU decode as the fastest (d) with the loader's own pinning,
 #      (b) Ray worker + CPU decode, on 32768 ID + 4096 OE synthetic 320px JPEGs built in
 #      /tmp/edge-bench-shards (about 2 GB).
 # Run from the repository root after the wheels are installed, e.g.

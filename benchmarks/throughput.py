@@ -12,8 +12,9 @@ channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
                    stage arranged as `--c-variant` (default: the fastest (d));
   (d) diagnostic   (a)'s compiled model fed by `train_loader(decode="gpu")` in-process,
                    no Ray, once per `--d-variants` arrangement ('feeder/crops/cpu=share':
-                   data.gpu_feeder, data.gpu_crops, data.cpu_decode_share) in the first
-                   compile mode, the fastest again in each further mode ('mode:...');
+                   data.gpu_feeder, data.gpu_crops, data.cpu_decode_share; '/pin=0': the
+                   packed batches not page-locked, as in runs 1-6) in the first compile
+                   mode, the fastest again in each further mode ('mode:...');
                    where (c) loses against (a), this says whether Ray is the cause;
                    `--profile-dir` adds a torch.profiler trace of 8 steps of the fastest;
   (e) diagnostic   the GPU-decode loader alone, no training: the input path's own speed.
@@ -62,14 +63,16 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # The Train controller polls its workers this often; 2 s (the default) adds idle seconds per run.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
-from benchmarks.throughput_steps import (NUM_CLASSES, best_of, compile_modes, parse_variant,  # noqa: E402
-                                         synthetic, variants)
+from benchmarks.throughput_steps import (NUM_CLASSES, VARIANT_FORM, best_of, compile_modes,  # noqa: E402
+                                         parse_variant, synthetic, variants)
 
 
 # (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), the serial and
-# inline feeders (inline fastest in run 5), nvJPEG alone or with a share decoded by PIL
-D_VARIANTS = "serial/batched,inline/batched,inline/batched/cpu=0.25,inline/batched/cpu=0.4,serial/batched/cpu=0.4"
-SMOKE_D_VARIANTS = "serial/batched,inline/per_image,pipelined/batched/cpu=0.25"
+# inline feeders (inline fastest in run 5), nvJPEG alone or with a share decoded by PIL;
+# pin=0 repeats runs 5-6 (packed batches not page-locked) beside the pinned default
+D_VARIANTS = ("serial/batched/pin=0,serial/batched,inline/batched/pin=0,inline/batched,"
+              "inline/batched/cpu=0.25,inline/batched/cpu=0.4")
+SMOKE_D_VARIANTS = "serial/batched,inline/per_image/pin=0,pipelined/batched/cpu=0.25"
 
 # ------------------------------------------------------------------ shards
 
@@ -175,8 +178,9 @@ class GpuMemoryPeak:
 def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gpu: bool,
             variant: str = "serial/batched") -> dict:
     """(b) or (c): `run_training` with one Ray Train worker; img/s of the epochs after the
-    first. (c) runs the GPU stage as `variant` ('[mode:]feeder/crops[/cpu=share]'), (b) and
-    (c) compile in the variant's mode (default: the first of --compile-modes)."""
+    first. (c) runs the GPU stage as `variant` ('[mode:]feeder/crops[/cpu=share]': the
+    worker leaves pinning to the loader, so no '/pin='), (b) and (c) compile in the
+    variant's mode (default: the first of --compile-modes)."""
     from edge_ray.config import from_dict
     from edge_ray.distributed.trainer import run_training
 
@@ -248,9 +252,9 @@ def rows(results: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
-def best_variant(results: dict) -> str | None:
-    """The (d) variant that trained fastest, or None when (d) did not run."""
-    return best_of(results.get("a_synthetic", {}).get("in_process", {}))
+def best_variant(results: dict, loader_default_pinning: bool = False) -> str | None:
+    """The (d) variant that trained fastest, or None when (d) did not run (`best_of`)."""
+    return best_of(results.get("a_synthetic", {}).get("in_process", {}), loader_default_pinning)
 
 
 def summarise(results: dict, smoke: bool = False) -> dict:
@@ -323,12 +327,13 @@ def parse(argv=None):
     p.add_argument("--no-compile-worker", dest="compile_worker", action="store_false",
                    help="(b), (c): run the worker's model eager (model.compile=false)")
     p.add_argument("--d-variants", default=None,
-                   help="(d): GPU-stage arrangements to time, feeder/crops[/cpu=share] (data.gpu_feeder / "
-                        "data.gpu_crops / data.cpu_decode_share, decoded by PIL in the loader workers); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
+                   help="(d): GPU-stage arrangements to time, " + VARIANT_FORM + " (data.gpu_feeder / "
+                        "data.gpu_crops / data.cpu_decode_share, decoded by PIL in the loader workers; pin=0: "
+                        "packed batches not page-locked); the fastest is profiled with --profile-dir (default: " + D_VARIANTS +
                         "; with --smoke: " + SMOKE_D_VARIANTS + ")")
     p.add_argument("--c-variant", default="best",
                    help="(c): [mode:]feeder/crops[/cpu=share] for the Ray worker, or 'best': the fastest (d) "
-                        "run, its compile mode included")
+                        "run without /pin= (the worker leaves pinning to the loader), its compile mode included")
     p.add_argument("--profile-dir", help="(d): write a torch.profiler trace of 8 steps and its kernel table here")
     p.add_argument("--synthetic-timeout", type=float, default=400)
     p.add_argument("--synthetic-child", help=argparse.SUPPRESS)
@@ -354,6 +359,9 @@ def main(argv=None) -> dict:
     import torch
 
     compile_modes(args.compile_modes), variants(args.d_variants)  # checked before any work
+    if args.c_variant != "best" and parse_variant(args.c_variant)["pin"] is not None:
+        raise SystemExit(f"--c-variant {args.c_variant!r}: the Ray worker leaves pinning to the loader; "
+                         "drop '/pin='")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if set(parts) - {"a", "b", "c", "d"}:
         raise SystemExit(f"--parts {args.parts!r}: choose from a, b, c, d")
@@ -405,9 +413,10 @@ def main(argv=None) -> dict:
             owned = start_ray(args, use_gpu)
             variant = args.c_variant
             if variant == "best":
-                variant = best_variant(results) or "serial/batched"
-                print(f"(c) runs the GPU stage as {variant}" + (" (the fastest (d))" if best_variant(results)
-                                                               else " (the default; (d) did not run)"), flush=True)
+                variant = best_variant(results, loader_default_pinning=True) or "serial/batched"
+                print(f"(c) runs the GPU stage as {variant}" + (
+                    " (the fastest (d) with the loader's own pinning)" if best_variant(results, True)
+                    else " (the default; (d) did not run)"), flush=True)
             variants(variant)  # checked
             try:
                 for part in ray_parts:

@@ -117,10 +117,15 @@ def compile_modes(text: str) -> list[str]:
     return out
 
 
+VARIANT_FORM = "[mode:]feeder/crops[/cpu=share][/pin=0|1]"
+
+
 def parse_variant(text: str) -> dict:
-    """'[mode:]feeder/crops[/cpu=share]' -> {mode (None: the first --compile-modes one),
-    feeder, crops, cpu_share}: model.compile_mode and the data.gpu_feeder / gpu_crops /
-    cpu_decode_share settings of one (d) or (c) run; e.g. 'inline/batched/cpu=0.25'."""
+    """VARIANT_FORM -> {mode (None: the first --compile-modes one), feeder, crops,
+    cpu_share, pin}: model.compile_mode and the data.gpu_feeder / gpu_crops /
+    cpu_decode_share settings of one (d) or (c) run, e.g. 'inline/batched/cpu=0.25';
+    `pin` (in-process (d) only): whether the DataLoader page-locks the packed batches,
+    None = the loader's default (yes on CUDA), 'pin=0' reproduces runs 1-6."""
     from edge_ray.config import COMPILE_MODES, GPU_CROPS, GPU_FEEDERS
 
     mode, _, rest = text.strip().rpartition(":")
@@ -128,19 +133,21 @@ def parse_variant(text: str) -> dict:
     ok = len(parts) >= 2 and parts[0] in GPU_FEEDERS and parts[1] in GPU_CROPS and \
         (not mode or mode in COMPILE_MODES)
     out = {"mode": mode or None, "feeder": parts[0], "crops": parts[1] if len(parts) > 1 else None,
-           "cpu_share": 0.0}
+           "cpu_share": 0.0, "pin": None}
     for field in parts[2:]:
-        key, _, value = field.rpartition("=")
-        key = {"cpu": "cpu_share"}.get(key)
+        key, _, value = field.partition("=")
         try:
-            if key is None:
+            if key == "cpu" and 0 <= float(value) <= 1:
+                out["cpu_share"] = float(value)
+            elif key == "pin" and value in ("0", "1"):
+                out["pin"] = value == "1"
+            else:
                 raise ValueError(field)
-            out[key] = float(value)
         except ValueError:
             ok = False
-    if not ok or not 0 <= out["cpu_share"] <= 1:
-        raise SystemExit(f"variant {text!r} is not [mode:]feeder/crops[/cpu=share] with feeder in "
-                         f"{GPU_FEEDERS}, crops in {GPU_CROPS}, mode in {COMPILE_MODES}, share in [0, 1]")
+    if not ok:
+        raise SystemExit(f"variant {text!r} is not {VARIANT_FORM} with feeder in {GPU_FEEDERS}, "
+                         f"crops in {GPU_CROPS}, mode in {COMPILE_MODES}, share in [0, 1]")
     return out
 
 
@@ -152,9 +159,12 @@ def variants(text: str) -> list[str]:
     return out
 
 
-def best_of(in_process: dict) -> str | None:
-    """The name of the fastest (d) run, or None when none ran."""
-    rates = {v: r["img_per_s"] for v, r in in_process.items() if r.get("img_per_s")}
+def best_of(in_process: dict, loader_default_pinning: bool = False) -> str | None:
+    """The name of the fastest (d) run, or None when none ran; with
+    `loader_default_pinning`, of those that left pinning to the loader (as the Ray worker
+    does: (c) can only repeat those)."""
+    rates = {v: r["img_per_s"] for v, r in in_process.items() if r.get("img_per_s")
+             and not (loader_default_pinning and parse_variant(v)["pin"] is not None)}
     return max(rates, key=rates.get) if rates else None
 
 
@@ -240,7 +250,7 @@ def save_partial(args, out: dict) -> None:
 
 
 def make_loader(args, opts, variant: str = "serial/batched"):
-    """The GPU-decode loader of `variant` ('feeder/crops'), its workers started two seconds
+    """The GPU-decode loader of `variant` (`parse_variant`), its workers started two seconds
     ago, as the trainer starts epoch e+1's workers when epoch e begins."""
     from edge_ray.data import load_index, train_loader
 
@@ -250,7 +260,8 @@ def make_loader(args, opts, variant: str = "serial/batched"):
                           batch_size=args.batch_size, oe_batch_size=args.oe_batch_size,
                           image_size=args.image_size, epoch=0, seed=0, rank=0, world_size=1,
                           num_workers=args.loader_workers, decode="gpu", device=opts.device,
-                          gpu_feeder=v["feeder"], gpu_crops=v["crops"], cpu_decode_share=v["cpu_share"])
+                          gpu_feeder=v["feeder"], gpu_crops=v["crops"], cpu_decode_share=v["cpu_share"],
+                          pin_memory=v["pin"])
     loader.start()
     time.sleep(2.0)
     return loader

@@ -201,8 +201,8 @@ def test_cpu_share_decodes_that_share_in_the_workers(sets, monkeypatch):
 
 
 def test_packed_batches_are_pinned_only_for_a_cuda_decoder(sets, monkeypatch):
-    """On CUDA the DataLoader's pin thread page-locks packed batches; a CPU decoder (and
-    the CPU path) leaves them alone. Where CUDA is there, the pinned copy holds the same
+    """On CUDA the DataLoader's pin thread page-locks packed batches unless told not to; a
+    CPU decoder (and the CPU path) leaves them alone. Where CUDA is there, the pinned copy holds the same
     bytes, page-locked."""
     kw = dict(batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0, world_size=1,
               num_workers=1)
@@ -218,6 +218,7 @@ def test_packed_batches_are_pinned_only_for_a_cuda_decoder(sets, monkeypatch):
     if CUDA:
         monkeypatch.setattr(gpu, "resolve_device", lambda device=None: torch.device("cuda", 0))
         assert train_loader(*sets, decode="gpu", **kw).pin_memory
+        assert not train_loader(*sets, decode="gpu", pin_memory=False, **kw).pin_memory  # asked: kept
         pinned = batch.pin_memory()
         for before, after in ((batch.encoded, pinned.encoded), (batch.pixels, pinned.pixels)):
             assert after.is_pinned() and torch.equal(before, after)

@@ -43,7 +43,7 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  world_size: int, num_workers: int, hflip: bool = True,
                  crop_scale=(0.5, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
-                 pin_memory: bool = False, device=None, gpu_feeder: str = "serial",
+                 pin_memory: bool | None = None, device=None, gpu_feeder: str = "serial",
                  gpu_crops: str = "batched", prefetch_to_device: bool = False,
                  cpu_decode_share: float = 0.0) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
@@ -60,6 +60,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     `cpu_decode_share` (decode="gpu", 0..1): that share of each batch is decoded by PIL in
     the DataLoader workers, as the CPU path does, instead of by nvJPEG (then cropped on the
     GPU with the rest): the workers' cores take part of the decoding off the GPU.
+    `pin_memory`: the DataLoader's pin thread page-locks each batch. None (the default):
+    only the packed batches of a GPU decode stage on CUDA (`PackedBatch.pin_memory`).
     """
     _check_role(id_index, "id")
     if oe_index is not None:
@@ -86,11 +88,12 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         cpu_share=cpu_decode_share)
     decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on,
                                                               batched=gpu_crops == "batched")
-    if decoder is not None and decoder.device.type == "cuda":
-        # the DataLoader's pin thread page-locks each packed batch (`PackedBatch.pin_memory`):
-        # off the feeder thread, which took ~20 ms a step to stage 20-30 MB of PIL-decoded
-        # pixels itself (benchmarks/README.md, run 6)
-        pin_memory = True
+    if pin_memory is None:
+        # Packed batches on CUDA are page-locked by the DataLoader's pin thread, off the
+        # feeder thread, which took ~20 ms a step to stage 20-30 MB of PIL-decoded pixels
+        # itself (benchmarks/README.md, run 6); nvJPEG then copies each file by DMA (run 5's
+        # trace: one pageable copy per image, each beside the training kernels).
+        pin_memory = decoder is not None and decoder.device.type == "cuda"
     upload_to = None
     if decoder is None and prefetch_to_device and device is not None and torch.device(device).type == "cuda":
         upload_to = torch.device(device)

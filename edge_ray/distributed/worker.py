@@ -110,8 +110,9 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             decode=cfg.data.decode, device=device, gpu_feeder=cfg.data.gpu_feeder,
                             gpu_crops=cfg.data.gpu_crops, cpu_decode_share=cfg.data.cpu_decode_share,
                             # CPU-decoded batches pinned and copied to the GPU by a thread on
-                            # its own stream, a batch ahead: the copy overlaps the last step
-                            pin_memory=on_gpu and cfg.data.decode == "cpu",
+                            # its own stream, a batch ahead: the copy overlaps the last step;
+                            # GPU decode pins its packed batches on CUDA by itself (None)
+                            pin_memory=True if on_gpu and cfg.data.decode == "cpu" else None,
                             prefetch_to_device=on_gpu)
 
     steps = len(loader_for(0))
