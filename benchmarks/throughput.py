@@ -69,7 +69,7 @@ from benchmarks.throughput_steps import (NUM_CLASSES, VARIANT_FORM, best_of, com
 
 # (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), the serial and
 # inline feeders (inline fastest in run 5), nvJPEG alone or with a share decoded by PIL;
-# pin=0 repeats runs 5-6 (packed batches not page-locked) beside the pinned default
+# pin=0 repeats runs 1-6 (packed batches not page-locked) beside the pinned default
 D_VARIANTS = ("serial/batched/pin=0,serial/batched,inline/batched/pin=0,inline/batched,"
               "inline/batched/cpu=0.25,inline/batched/cpu=0.4")
 SMOKE_D_VARIANTS = "serial/batched,inline/per_image/pin=0,pipelined/batched/cpu=0.25"
