@@ -413,9 +413,10 @@ def main(argv=None) -> dict:
             owned = start_ray(args, use_gpu)
             variant = args.c_variant
             if variant == "best":
-                variant = best_variant(results, loader_default_pinning=True) or "serial/batched"
+                best = best_variant(results, loader_default_pinning=True)
+                variant = best or "serial/batched"
                 print(f"(c) runs the GPU stage as {variant}" + (
-                    " (the fastest (d) with the loader's own pinning)" if best_variant(results, True)
+                    " (the fastest (d) with the loader's own pinning)" if best
                     else " (the default; (d) did not run)"), flush=True)
             variants(variant)  # checked
             try:

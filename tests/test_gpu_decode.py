@@ -202,8 +202,8 @@ def test_cpu_share_decodes_that_share_in_the_workers(sets, monkeypatch):
 
 def test_packed_batches_are_pinned_only_for_a_cuda_decoder(sets, monkeypatch):
     """On CUDA the DataLoader's pin thread page-locks packed batches unless told not to; a
-    CPU decoder (and the CPU path) leaves them alone. Where CUDA is there, the pinned copy holds the same
-    bytes, page-locked."""
+    CPU decoder (and the CPU path) leaves them alone. Where CUDA is there, the pinned copy
+    holds the same bytes, page-locked."""
     kw = dict(batch_size=4, oe_batch_size=3, image_size=16, epoch=0, seed=0, rank=0, world_size=1,
               num_workers=1)
     assert not train_loader(*sets, **kw).pin_memory
