@@ -118,3 +118,17 @@ def test_throughput_variant_names_are_parsed_and_checked():
             parse_variant(bad)
     with pytest.raises(SystemExit, match="drop '/pin='"):
         throughput.main(["--smoke", "--c-variant", "serial/batched/pin=0"])
+
+
+def test_the_gpu_runs_variants_parse_and_hold_the_pinning_a_b():
+    """The device run spends its minutes on these; a typo would cost one whole run."""
+    from benchmarks.throughput_steps import parse_variant
+
+    names = throughput.variants(throughput.D_VARIANTS)
+    parsed = [parse_variant(v) for v in names]
+    assert len(set(names)) == len(names)
+    unpinned = [p for p in parsed if p["pin"] is False]
+    assert unpinned, "no /pin=0 variant: the run would not compare against runs 1-6"
+    for p in unpinned:  # each has its twin that leaves pinning to the loader
+        assert dict(p, pin=None) in parsed
+    assert any(p["pin"] is None for p in parsed)  # something (c) can repeat
