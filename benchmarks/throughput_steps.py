@@ -152,10 +152,13 @@ def parse_variant(text: str) -> dict:
 
 
 def variants(text: str) -> list[str]:
-    """'serial/batched,inline/batched/cpu=0.4' -> the checked variant names (`parse_variant`)."""
+    """'serial/batched,inline/batched/cpu=0.4' -> the checked variant names (`parse_variant`);
+    a repeated name is refused: its second result would overwrite the first."""
     out = [v.strip() for v in text.split(",") if v.strip()]
-    for v in out:
+    for i, v in enumerate(out):
         parse_variant(v)
+        if v in out[:i]:
+            raise SystemExit(f"variant {v!r} is listed twice in {text!r}: its results are keyed by name")
     return out
 
 

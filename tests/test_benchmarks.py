@@ -118,6 +118,8 @@ def test_throughput_variant_names_are_parsed_and_checked():
             parse_variant(bad)
     with pytest.raises(SystemExit, match="drop '/pin='"):
         throughput.main(["--smoke", "--c-variant", "serial/batched/pin=0"])
+    with pytest.raises(SystemExit, match="listed twice"):
+        throughput.main(["--smoke", "--d-variants", "serial/batched,inline/batched, serial/batched"])
 
 
 def test_the_gpu_runs_variants_parse_and_hold_the_pinning_a_b():
