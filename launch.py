@@ -59,13 +59,15 @@ def _add_eval(sub) -> None:
                                    "table.md, table.csv and PNG figures.",
                        epilog="example:\n  python launch.py eval --checkpoint runs/tiny/checkpoint_2026-... "
                               "--ood data/demo/ood_letters data/demo/ood_scribble --scores jointenergy maxlogit")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint_* folder of a training run")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint_* folder of a training run "
+                                                        "(a local path or a URI such as s3://bucket/runs/...)")
     p.add_argument("--id-train", help="ID training shards (fits Mahalanobis/ReAct/ViM; default: from the run)")
     p.add_argument("--id-test", help="ID test shards (default: from the run's config)")
     p.add_argument("--ood", nargs="+", help="OOD shard dirs (default: from the run's config)")
     p.add_argument("--scores", nargs="+", default=None, help="subset of scores (default: all ten)")
     p.add_argument("--name", default="model", help="training name shown in the table rows")
-    p.add_argument("--out", default="results/eval", help="results folder")
+    p.add_argument("--out", default=None, help="results folder, a local path or a URI (default: "
+                                               "<the checkpoint's run folder>/eval)")
     p.add_argument("--gpu", action="store_true", help="evaluate as a Ray task on one GPU")
     _common(p)
 

@@ -1,13 +1,17 @@
 """The training checkpoint folder: ``state.pt`` (weights, optimiser, scheduler, epoch,
 reader seed/epoch, restart count), ``history.json`` (per-epoch metrics) and ``config.json``.
-Ray Train copies the folder to storage; evaluation and OE ranking read it back. Loading
-uses ``weights_only=True``: a checkpoint is data, never code."""
+Ray Train copies the folder to storage (a local path or a URI); evaluation and OE ranking
+read it back from there through ``edge_ray.storage``. Loading uses ``weights_only=True``:
+a checkpoint is data, never code."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
+
+from edge_ray import storage
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -27,12 +31,15 @@ def save_checkpoint(folder, *, model_state: dict, optimizer_state: dict, schedul
 
 
 def load_checkpoint(folder) -> tuple[dict, list, dict]:
-    """(state, history, config dict) of a checkpoint folder, or a clear error."""
-    folder = Path(folder)
-    if not (folder / STATE_FILE).is_file():
+    """(state, history, config dict) of a checkpoint folder (a local path or a URI such as
+    ``s3://bucket/runs/tiny/checkpoint_...``), or a clear error."""
+    folder = storage.normalize(folder)
+    names = storage.listdir(folder) if storage.is_dir(folder) else {}
+    if STATE_FILE not in names:
         raise FileNotFoundError(f"{folder} is not a training checkpoint (no {STATE_FILE}); pass a "
                                 "checkpoint_* folder of a run, e.g. runs/tiny/checkpoint_...")
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    history = json.loads((folder / HISTORY_FILE).read_text()) if (folder / HISTORY_FILE).is_file() else []
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(folder, STATE_FILE))),
+                       map_location="cpu", weights_only=True)
+    history = storage.read_json(storage.join(folder, HISTORY_FILE)) if HISTORY_FILE in names else []
+    config = storage.read_json(storage.join(folder, CONFIG_FILE))
     return state, history, config

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from edge_ray import storage
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -208,23 +210,43 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     return cfg
 
 
+# Every config value that is a location (a local path or a URI, `edge_ray.storage`).
+LOCATION_KEYS = (("data", "id_train"), ("data", "id_val"), ("data", "id_test"), ("data", "oe"),
+                 ("data", "oe_val"), ("data", "ood"), ("train", "storage_path"), ("eval", "out"))
+
+
+def resolve_locations(cfg: Config, base: str | None = None) -> Config:
+    """Relative local paths made absolute against `base` (default: the working directory);
+    URIs and empty values stay as they are. The driver does this before anything reaches
+    Ray: Train workers run in working directories of their own."""
+    def fix(value):
+        return storage.normalize(value, base) if value else value
+
+    for section, key in LOCATION_KEYS:
+        sub = getattr(cfg, section)
+        value = getattr(sub, key)
+        value = tuple(fix(v) for v in value) if isinstance(value, tuple) else fix(value)
+        cfg = replace(cfg, **{section: replace(sub, **{key: value})})
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides=()) -> Config:
-    """Read a YAML config (relative shard paths are resolved against the file's folder
-    only if they exist there, else against the working directory) and apply overrides."""
+    """Read a YAML config (a local path or a URI), apply overrides, check the values, and
+    make relative data and storage paths absolute against the working directory."""
     cfg = Config()
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML, "
+        where = str(path)
+        if not storage.is_file(where):
+            raise ConfigError(f"config file {where!r} not found; pass an existing YAML, "
                               "e.g. --config configs/tiny.yaml")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(storage.read_text(where)) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML ({err})") from None
+            raise ConfigError(f"{where}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+            raise ConfigError(f"{where}: the top level must be a mapping of sections")
         cfg = from_dict(data)
-    return validate(apply_overrides(cfg, overrides))
+    return resolve_locations(validate(apply_overrides(cfg, overrides)))
 
 
 METHODS = ("bce", "edge", "oe", "hendrycks_oe", "energy_oe", "focal", "asl", "dbloss")

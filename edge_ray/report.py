@@ -14,6 +14,8 @@ import numpy as np
 
 import matplotlib
 
+from edge_ray import storage
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -130,9 +132,16 @@ def _plot_curves(results: dict, out: Path, score: str = "jointenergy") -> Path |
 
 
 def write_results(results: dict, out_dir: str | Path, *, extra: dict | None = None) -> dict:
-    """Write every output; return ``{"json", "markdown", "csv", "plots"}`` paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every output to ``out_dir`` (a local path or a URI); return the locations
+    ``{"json", "markdown", "csv", "plots"}``."""
+    location = storage.normalize(out_dir)
+    with storage.local_folder(location) as out:
+        paths = _write_local(results, out, extra)
+    return {k: [storage.join(location, p.name) for p in v] if isinstance(v, list) else storage.join(location, v.name)
+            for k, v in paths.items()}
+
+
+def _write_local(results: dict, out: Path, extra: dict | None) -> dict:
     payload = {"results": {k: _public(v) for k, v in results.items()}, **(extra or {})}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default))
     md = ["# OOD detection (ID positive; FPR95, AUROC, AUPR-In in %)", "", markdown_table(results), "",

@@ -7,10 +7,9 @@ content depends only on the seed and its own size.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
+
+from edge_ray import storage
 
 from . import demo_render as R
 from .plan import Item
@@ -115,7 +114,8 @@ def _frequencies(index: dict) -> list[float]:
 def build_demo(out_dir="data/demo", *, seed: int = 0, quick: bool = False, n_train=None,
                n_val=None, n_test=None, n_oe=None, n_ood=None, workers: int = 0,
                shard_size: int = 250, progress: bool = False) -> dict:
-    """Write every demo set under `out_dir` plus benchmark.json; return the latter.
+    """Write every demo set under `out_dir` (a local path or a URI) plus benchmark.json;
+    return the latter.
 
     Existing demo sets in `out_dir` are replaced. workers=0 (default) writes
     in-process: the build is a few seconds, less than Ray's start-up."""
@@ -123,11 +123,11 @@ def build_demo(out_dir="data/demo", *, seed: int = 0, quick: bool = False, n_tra
     sizes = {k: v if v is not None else (QUICK_SIZES if quick else DEFAULT_SIZES)[k]
              for k, v in given.items()}
     size_of = {"id_train": sizes["n_train"], "id_val": sizes["n_val"], "id_test": sizes["n_test"]}
-    out = Path(out_dir)
+    out = storage.normalize(out_dir)
     sets, indexes = {}, {}
     for name, (role, _, description) in SETS.items():
         n = size_of.get(name, sizes["n_oe"] if role == "oe" else sizes["n_ood"])
-        indexes[name] = convert(set_items(name, n, seed), out / name, name=name, role=role,
+        indexes[name] = convert(set_items(name, n, seed), storage.join(out, name), name=name, role=role,
                                 classes=CLASSES if role == "id" else (), shard_size=shard_size,
                                 workers=workers, seed=seed, overwrite=True, progress=progress,
                                 source={"kind": "demo", "description": description},
@@ -145,5 +145,5 @@ def build_demo(out_dir="data/demo", *, seed: int = 0, quick: bool = False, n_tra
         "sets": sets,
         "digit_sources": {k: v.tolist() for k, v in digit_splits(seed).items()},
     }
-    (out / "benchmark.json").write_text(json.dumps(bench, indent=1) + "\n")
+    storage.write_json(storage.join(out, "benchmark.json"), bench, indent=1)
     return bench

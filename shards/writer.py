@@ -1,8 +1,10 @@
-"""Write one shard set in the DESIGN.md §4 layout.
+"""Write one shard set in the DESIGN.md §4 layout, to a local folder or any location
+`edge_ray.storage` opens (s3://, gs://, ...).
 
-`write_shard` is the unit of parallel work (read, fully decode, write one tar);
-`convert` plans in the driver, runs the shards in-process or as Ray tasks and
-merges their results into index.json and labels.parquet.
+`write_shard` is the unit of parallel work (read, fully decode, write one tar as a stream
+to `<name>-NNNNNN.tar.part`); `convert` plans in the driver, runs the shards in-process or
+as Ray tasks, renames the parts, then writes labels.parquet and, last, index.json: a
+reader only ever opens a set through its index, so it never sees a half-written one.
 """
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import io
 import json
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import webdataset as wds
+
+from edge_ray import storage
 
 from .errors import ConversionError
 from .images import BadImage, load_checked
@@ -30,7 +34,7 @@ _OURS = re.compile(r"^.+-\d{6}\.tar(\.part)?$")
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One task: write `items` into the tar at `path` (a .part, renamed by the driver).
+    """One task: write `items` into the tar at `path` (a .part location, renamed by the driver).
 
     `cwd` is the driver's working directory: relative sources are resolved
     against it because a Ray worker may run elsewhere."""
@@ -42,19 +46,15 @@ class ShardJob:
     reencode: bool = False
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a member with fixed metadata so the same input gives the same bytes."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(job: ShardJob) -> dict:
-    """Read, decode-check and store each item; bad images become skip entries."""
+    """Read, decode-check and store each item; bad images become skip entries.
+
+    The tar is streamed to its destination with webdataset's TarWriter (fixed member
+    metadata, so the same input gives the same bytes); nothing is held but one image."""
     rows, skipped = [], []
-    with tarfile.open(job.path, "w", format=tarfile.PAX_FORMAT) as tar:
+    with storage.open_output_stream(job.path) as stream, \
+            wds.TarWriter(stream, encoder=False, user="", group="", mode=0o644, mtime=0,
+                          format="PAX_FORMAT") as tar:
         for it in job.items:
             try:
                 raw = it.data if it.data is not None else Path(job.cwd, it.source).read_bytes()
@@ -65,55 +65,58 @@ def write_shard(job: ShardJob) -> dict:
             except BadImage as bad:
                 skipped.append({"path": it.source, "reason": bad.reason})
                 continue
-            _add(tar, f"{it.key}.{ext}", data)
             meta = json.dumps({**it.meta, "labels": list(it.labels)}, sort_keys=True)
-            _add(tar, f"{it.key}.json", meta.encode())
+            tar.write({"__key__": it.key, ext: data, "json": meta.encode()})
             rows.append({"key": it.key, "labels": list(it.labels), "source": it.source, "ext": ext})
     return {"index": job.index, "path": job.path, "rows": rows, "skipped": skipped}
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two shard sets in one directory unless asked to replace it."""
-    out.mkdir(parents=True, exist_ok=True)
-    old = sorted(p for p in out.iterdir()
-                 if _OURS.match(p.name) or p.name in ("index.json", "labels.parquet"))
-    if any(not p.name.endswith(".part") for p in old) and not overwrite:
-        first = next(p.name for p in old if not p.name.endswith(".part"))
-        raise ConversionError(f"{out} already holds a shard set ({first}); "
+def _prepare_out_dir(out: str, overwrite: bool) -> None:
+    """Refuse to mix two shard sets in one directory unless asked to replace it. When
+    replacing, index.json goes first, so the old set is never readable half-deleted."""
+    storage.makedirs(out)
+    names = sorted(n for n in storage.listdir(out)
+                   if _OURS.match(n) or n in ("index.json", "labels.parquet"))
+    final = [n for n in names if not n.endswith(".part")]
+    if final and not overwrite:
+        raise ConversionError(f"{out} already holds a shard set ({final[0]}); "
                               "pass --overwrite or choose another --out")
-    for p in old:
-        p.unlink()
+    for name in sorted(names, key=lambda n: n != "index.json"):
+        storage.delete(storage.join(out, name))
 
 
-def _finalize(results: list[dict], out: Path, name: str):
+def _finalize(results: list[dict], out: str, name: str):
     """Rename .part files to contiguous shard names; drop shards left empty by skips."""
     shards, rows = [], []
     for res in results:
-        part = Path(res["path"])
         if not res["rows"]:
-            part.unlink()
+            storage.delete(res["path"])
             continue
         url = f"{name}-{len(shards):06d}.tar"
-        os.replace(part, out / url)
+        storage.move(res["path"], storage.join(out, url))
         shards.append({"url": url, "num_samples": len(res["rows"])})
         rows.extend({**row, "shard": url} for row in res["rows"])
     return shards, rows
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+def brace_urls(name: str, num_shards: int) -> str:
+    """The shards as one brace pattern, as webdataset and `ray.data.read_webdataset` users
+    write them: `name-{000000..000015}.tar`."""
+    if num_shards == 1:
+        return f"{name}-000000.tar"
+    return f"{name}-{{000000..{num_shards - 1:06d}}}.tar"
 
 
-def _write_parquet(path: Path, rows: list[dict]) -> None:
+def _write_parquet(location: str, rows: list[dict]) -> None:
     table = pa.table({
         "key": pa.array([r["key"] for r in rows], pa.string()),
         "labels": pa.array([r["labels"] for r in rows], pa.list_(pa.int32())),
         "shard": pa.array([r["shard"] for r in rows], pa.string()),
         "source": pa.array([r["source"] for r in rows], pa.string()),
     })
-    pq.write_table(table, path)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(location, buf.getvalue())
 
 
 def _label_counts(rows: list[dict], n_classes: int) -> list[int]:
@@ -135,7 +138,7 @@ def convert(items: Iterable[Item], out_dir, *, name: str, role: str, classes=(),
     every input appears either as a sample or in index.json `skipped`.
     `workers` > 0 runs one Ray task per shard (Ray must be initialised).
     """
-    out, classes = Path(out_dir), list(classes)
+    out, classes = storage.normalize(out_dir), list(classes)
     if sanitize_key(name) != name:
         raise ConversionError(f"--name {name!r} may hold only letters, digits, '_' and '-'")
     items = sort_items(list(items))
@@ -145,8 +148,7 @@ def convert(items: Iterable[Item], out_dir, *, name: str, role: str, classes=(),
     if not items:
         raise ConversionError(f"{where} yields no images to convert; check the paths and split")
     _prepare_out_dir(out, overwrite)
-    jobs = [ShardJob(i, str(out.resolve() / f"{name}-{i:06d}.tar.part"), chunk, os.getcwd(),
-                     reencode)
+    jobs = [ShardJob(i, storage.join(out, f"{name}-{i:06d}.tar.part"), chunk, os.getcwd(), reencode)
             for i, chunk in enumerate(split_shards(items, shard_size))]
     results = map_jobs(write_shard, jobs, workers, desc=name, spread=spread, progress=progress)
     skipped = list(skipped) + missing + [s for r in results for s in r["skipped"]]
@@ -157,14 +159,14 @@ def convert(items: Iterable[Item], out_dir, *, name: str, role: str, classes=(),
                               f"were skipped ({reasons}); fix or replace those files")
     index = {
         "format": FORMAT, "name": name, "role": role, "classes": classes,
-        "num_samples": len(rows), "shards": shards,
+        "num_samples": len(rows), "shards": shards, "urls": brace_urls(name, len(shards)),
         "label_counts": _label_counts(rows, len(classes)),
         "extensions": {e: sum(r["ext"] == e for r in rows) for e in sorted({r["ext"] for r in rows})},
         "num_skipped": len(skipped), "skipped": skipped,
         "seed": seed, "source": source or {}, "shard_size": shard_size,
     }
-    _write_parquet(out / "labels.parquet", rows)
-    _write_json(out / "index.json", index)
+    _write_parquet(storage.join(out, "labels.parquet"), rows)
+    storage.write_json(storage.join(out, "index.json"), index, indent=1)  # last: the set is complete
     return index
 
 

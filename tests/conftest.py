@@ -1,7 +1,10 @@
 """Shared fixtures. One local Ray instance per test session (started lazily by the
-first test that asks for it), small CPU budgets so a 2-core CI machine never starves."""
+first test that asks for it), small CPU budgets so a 2-core CI machine never starves.
+One S3 API server (moto, on 127.0.0.1) per session, started before Ray so that every Ray
+worker inherits the AWS_* variables that point at it: code under test uses plain s3:// URIs."""
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,48 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray instance shared by every test of the session (DESIGN.md: one per session)."""
+def s3_server():
+    """A real S3 API server (moto's, in a thread of this process) for the session; the AWS_*
+    variables of this process point at it. Yields the endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A new, empty bucket on the session's S3 server: ``s3://edge-<random>``."""
+    import boto3
+
+    name = f"edge-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """A local Ray instance shared by every test of the session (DESIGN.md: one per session).
+    It starts after the S3 server, so its workers reach the same bucket URIs as the tests."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

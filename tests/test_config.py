@@ -1,4 +1,6 @@
 """Config loading, overrides and the early errors that name the fix."""
+import os
+
 import pytest
 
 from edge_ray.config import ConfigError, load_config
@@ -9,7 +11,12 @@ def test_yaml_and_overrides(tmp_path):
     p.write_text("model: {name: smallcnn}\nloss: {beta: 0.5, k: 4}\ndata: {ood: [a, b], batch_size: 8}\n")
     cfg = load_config(p, ["loss.m=3", "train.use_gpu=true", "data.crop_scale=[0.3, 1.0]"])
     assert cfg.model.name == "smallcnn" and cfg.loss.beta == 0.5 and cfg.loss.m == 3.0
-    assert cfg.train.use_gpu is True and cfg.data.ood == ("a", "b") and cfg.data.crop_scale == (0.3, 1.0)
+    assert cfg.train.use_gpu is True and cfg.data.crop_scale == (0.3, 1.0)
+    # relative locations are made absolute against the working directory, URIs kept as given
+    assert cfg.data.ood == (os.path.join(os.getcwd(), "a"), os.path.join(os.getcwd(), "b"))
+    assert cfg.train.storage_path == os.path.join(os.getcwd(), "runs")
+    uri = load_config(None, ["train.storage_path=s3://bkt/runs/", "data.oe=gs://b/oe"])
+    assert uri.train.storage_path == "s3://bkt/runs" and uri.data.oe == "gs://b/oe"
     assert load_config(None, ["loss.alpha=1e-3"]).loss.alpha == 0.001
     # round trip through YAML
     p2 = tmp_path / "d.yaml"

@@ -12,19 +12,32 @@ read, anything else is refused with the shard and key named.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from .. import storage
 from .plan import group_by_shard
 
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp"})
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "ckpt"})
 # webdataset's convention: the key is everything before the first dot of the file name.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+# A failed shard read is tried this many times in all, waiting BACKOFF_S, 2*BACKOFF_S, ...
+# (at most BACKOFF_MAX_S) in between.
+READ_ATTEMPTS, BACKOFF_S, BACKOFF_MAX_S = 4, 0.5, 8.0
+
+
+class ShardReadError(OSError):
+    """A shard could not be read after every retry; the message names it."""
+
+
 
 
 @dataclass(frozen=True)
@@ -45,16 +58,57 @@ def read_positions(urls: Sequence[str], sizes: Sequence[int],
         yield from read_shard(urls[shard], local, expected=sizes[shard])
 
 
-def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None) -> Iterator[Record]:
-    """Records number `indices` (increasing) of one shard.
+def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None,
+               attempts: int | None = None) -> Iterator[Record]:
+    """Records number `indices` (increasing) of one shard, read as a stream.
 
-    Unwanted samples are skipped by seeking past their data, so a reader that owns
-    a slice of a shard pays for the tar headers only, not for the other images.
+    The shard is a location (local path or URI, `edge_ray.storage`) read sequentially
+    through a buffered stream: no seeks, no download of the whole file, memory bounded by
+    the stream buffer. Unwanted samples before the last wanted one are read past; after
+    the last wanted one the stream is closed.
+
+    A transient failure (an OSError: connection reset, 5xx, timeout; the object store
+    checks each response's length, so a cut stream is one of these) is retried
+    up to `attempts` times (default `READ_ATTEMPTS`, env `EDGE_READ_ATTEMPTS`) with
+    exponential backoff: the shard is opened again and the samples already yielded are
+    read past, so none is lost or doubled. Then a `ShardReadError` names the shard.
     """
-    wanted = iter(int(i) for i in indices)
-    target = next(wanted, None)
+    wanted = [int(i) for i in indices]
+    attempts = attempts or int(os.environ.get("EDGE_READ_ATTEMPTS", READ_ATTEMPTS))
+    done, failures = 0, 0
+    while done < len(wanted):
+        try:
+            for record in _scan_shard(url, wanted[done:], expected):
+                done += 1
+                yield record
+        except FileNotFoundError:
+            raise
+        except (tarfile.ReadError, EOFError) as err:
+            raise ValueError(f"shard {url!r} is damaged after {done} of {len(wanted)} wanted samples "
+                             f"({_short(err)}); reconvert the set") from err
+        except OSError as err:
+            failures += 1
+            if failures >= attempts:
+                raise ShardReadError(f"shard {url!r}: reading failed {failures} times, last after "
+                                     f"{done} of {len(wanted)} wanted samples ({_short(err)}); check the "
+                                     "store and the network, or reconvert the shard if it is damaged") from err
+            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1))
+            warnings.warn(f"shard {url!r}: read failed after {done} of {len(wanted)} samples "
+                          f"({_short(err)}); retrying in {delay:.1f}s ({failures}/{attempts - 1})",
+                          RuntimeWarning, stacklevel=2)
+            time.sleep(delay)
+
+
+def _scan_shard(url: str, wanted: list[int], expected: int | None) -> Iterator[Record]:
+    """One pass over the stream, yielding the samples numbered `wanted` (increasing)."""
+    wanted_iter = iter(wanted)
+    target = next(wanted_iter, None)
     sample, key, members = -1, None, {}
-    with tarfile.open(url, mode="r:*") as tar:
+    try:
+        stream = storage.open_input_stream(url)
+    except storage.StorageError as err:
+        raise _open_failure(url, err) from err
+    with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if member.isdir():
                 continue
@@ -62,7 +116,7 @@ def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None) ->
             if name_key != key:
                 if sample == target:
                     yield _record(url, key, members)
-                    target = next(wanted, None)
+                    target = next(wanted_iter, None)
                     if target is None:
                         return
                 sample, key, members = sample + 1, name_key, {}
@@ -70,10 +124,26 @@ def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None) ->
                 members[ext] = _member_bytes(tar, member, url, key, ext, members)
         if target is not None and sample == target:
             yield _record(url, key, members)
-            target = next(wanted, None)
+            target = next(wanted_iter, None)
     if target is not None:
         raise ValueError(f"shard {url!r} holds {sample + 1} samples but sample {target} was "
                          f"asked for (index.json says {expected}); reconvert the set")
+
+
+def _open_failure(url: str, err: storage.StorageError) -> OSError:
+    """A missing shard is final; any other failure to open it is worth another try."""
+    try:
+        there = storage.exists(url)
+    except storage.StorageError:  # the store cannot even be asked: retry
+        there = True
+    if there:
+        return OSError(str(err))
+    return FileNotFoundError(f"shard {url!r} is missing (listed in its index.json); "
+                             "reconvert the set or restore the file")
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
 
 
 def _split_name(name: str, url: str) -> tuple[str, str]:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from edge_ray import storage
 from edge_ray.config import ConfigError, load_config
 from edge_ray.distributed.cluster import ClusterError, connect
 
@@ -27,11 +27,11 @@ def cmd_train(args) -> int:
           f"val mAP {last.get('val_map')}, checkpoint {summary.checkpoint_dir}")
     if args.no_eval or not (cfg.data.id_test and cfg.data.ood) or summary.checkpoint_dir is None:
         return 0
-    out = cfg.eval.out or str(Path(summary.run_dir) / "eval")
+    out = cfg.eval.out or storage.join(summary.run_dir, "eval")
     res = evaluate_remote(summary.checkpoint_dir, out, use_gpu=cfg.train.use_gpu,
                           num_cpus=cfg.train.cpus_per_worker, scores=list(cfg.eval.scores),
                           training=cfg.loss.method)
-    print((Path(res["paths"]["markdown"])).read_text())
+    print(storage.read_text(res["paths"]["markdown"]))
     print(f"results: {out}")
     return 0
 
@@ -42,14 +42,18 @@ def cmd_eval(args) -> int:
     from edge_ray.scores import SCORES
 
     scores = check_score_names(args.scores or list(SCORES))
-    kwargs = dict(scores=scores, id_train=args.id_train, id_test=args.id_test, ood=args.ood, training=args.name)
+    checkpoint = storage.normalize(args.checkpoint)
+    # Default: beside the run the checkpoint belongs to (<run>/eval), wherever that lives.
+    out = storage.normalize(args.out) if args.out else storage.join(storage.parent(checkpoint), "eval")
+    kwargs = dict(scores=scores, training=args.name, ood=[storage.normalize(p) for p in args.ood] if args.ood else None,
+                  **{k: storage.normalize(v) if v else None for k, v in (("id_train", args.id_train), ("id_test", args.id_test))})
     if args.gpu:
         connect(args.address)
-        res = evaluate_remote(args.checkpoint, args.out, use_gpu=True, **kwargs)
+        res = evaluate_remote(checkpoint, out, use_gpu=True, **kwargs)
     else:
-        res = evaluate_checkpoint(args.checkpoint, args.out, **kwargs)
-    print(Path(res["paths"]["markdown"]).read_text())
-    print(f"results: {args.out} ({', '.join(Path(p).name for p in res['paths']['plots'])})")
+        res = evaluate_checkpoint(checkpoint, out, **kwargs)
+    print(storage.read_text(res["paths"]["markdown"]))
+    print(f"results: {out} ({', '.join(storage.basename(p) for p in res['paths']['plots'])})")
     return 0
 
 

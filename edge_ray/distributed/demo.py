@@ -9,11 +9,12 @@ run gives; nothing is asserted by construction.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from edge_ray import storage
 from edge_ray.config import Config, load_config
 
 # What each stage costs is set here so `--quick` and the default stay within their budgets
@@ -45,17 +46,19 @@ def add_parser(sub, common) -> None:
     p.set_defaults(run=run)
 
 
-def demo_config(data: Path, out: Path, preset: dict, seed: int) -> Config:
-    """The small-CNN recipe of configs/demo.yaml with the preset's epochs and tau."""
+def demo_config(data: str, out: str, preset: dict, seed: int) -> Config:
+    """The small-CNN recipe of configs/demo.yaml with the preset's epochs and tau; `data`
+    and `out` are locations (local paths or URIs)."""
     base = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    at = functools.partial(storage.join, data)
     return replace(base,
-                   data=replace(base.data, id_train=str(data / "id_train"), id_val=str(data / "id_val"),
-                                id_test=str(data / "id_test"), ood=tuple(str(data / s) for s in OOD_SETS)),
+                   data=replace(base.data, id_train=at("id_train"), id_val=at("id_val"),
+                                id_test=at("id_test"), ood=tuple(at(s) for s in OOD_SETS)),
                    loss=replace(base.loss, tau=preset["tau"]),
-                   train=replace(base.train, epochs=preset["epochs"], seed=seed, storage_path=str(out / "runs")))
+                   train=replace(base.train, epochs=preset["epochs"], seed=seed, storage_path=storage.join(out, "runs")))
 
 
-def _banner(args, preset: dict, data: Path, out: Path) -> None:
+def _banner(args, preset: dict, data: str, out: str) -> None:
     mode = "quick" if args.quick else "full"
     later = " / ".join(NAMES[m] for m in preset["methods"][1:])
     print("=" * 78)
@@ -66,12 +69,12 @@ def _banner(args, preset: dict, data: Path, out: Path) -> None:
     print("=" * 78, flush=True)
 
 
-def build_shards(data: Path, preset: dict, seed: int) -> dict:
+def build_shards(data: str, preset: dict, seed: int) -> dict:
     from shards.demo import build_demo
 
-    stamp = data / "benchmark.json"
-    if stamp.is_file():
-        bench = json.loads(stamp.read_text())
+    stamp = storage.join(data, "benchmark.json")
+    if storage.is_file(stamp):
+        bench = storage.read_json(stamp)
         sizes = {s["num_samples"] for n, s in bench.get("sets", {}).items() if n == "id_train"}
         want = preset["sizes"].get("n_train")
         if bench.get("seed") == seed and bench.get("quick") == preset["sizes"]["quick"] and (want is None or sizes == {want}):
@@ -93,7 +96,7 @@ def train(cfg: Config, method: str, oe: str | None, step: str, tag: str) -> str:
                   data=replace(cfg.data, oe=oe or ""),
                   train=replace(cfg.train, run_name=f"demo-{tag}-{method}"))
     t = time.perf_counter()
-    print(f"{step} training {method} ({cfg.train.epochs} epochs{', OE: ' + Path(oe).name if oe else ''})", flush=True)
+    print(f"{step} training {method} ({cfg.train.epochs} epochs{', OE: ' + storage.basename(oe) if oe else ''})", flush=True)
     summary = run_training(cfg)
     last = summary.history[-1]
     extra = f", gap active {last['gap_active']:.2f}" if method == "edge" and "gap_active" in last else ""
@@ -106,8 +109,8 @@ def run(args) -> int:
     from edge_ray.distributed.cluster import connect
 
     preset = PRESETS["quick" if args.quick else "full"]
-    out = Path(args.out).resolve()
-    data = Path(args.data or ("data/demo-quick" if args.quick else "data/demo")).resolve()
+    out = storage.normalize(args.out)
+    data = storage.normalize(args.data or ("data/demo-quick" if args.quick else "data/demo"))
     _banner(args, preset, data, out)
     start = time.perf_counter()
     bench = build_shards(data, preset, args.seed)
@@ -119,14 +122,14 @@ def run(args) -> int:
     oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
     print(f"      OE set for training: {oe_name}")
     for method in preset["methods"][1:]:
-        checkpoints[method] = train(cfg, method, str(data / oe_name), "[4/5]", tag)
+        checkpoints[method] = train(cfg, method, storage.join(data, oe_name), "[4/5]", tag)
     results = evaluate_all(checkpoints, cfg, out)
     elapsed = time.perf_counter() - start
     _finish(results, ranking, oe_name, out, elapsed, args)
     return 0
 
 
-def rank_candidates(checkpoint: str, data: Path, bench: dict, out: Path, *, seed: int) -> list[dict]:
+def rank_candidates(checkpoint: str, data: str, bench: dict, out: str, *, seed: int) -> list[dict]:
     """Dilation distance of every OE candidate to the ID training set, as Ray tasks."""
     from edge_ray.distributed.evaluate import load_trained
     from edge_ray.distributed.rank_oe import RankOptions, rank_parallel
@@ -135,20 +138,19 @@ def rank_candidates(checkpoint: str, data: Path, bench: dict, out: Path, *, seed
     model, cfg, _ = load_trained(checkpoint)
     opts = RankOptions(k=16, batch_size=64, batches=8, seed=seed, image_size=cfg.data.image_size,
                        mean=cfg.data.mean, std=cfg.data.std)
-    rows = rank_parallel(model, cfg.model.name, str(data / "id_train"), [str(data / n) for n in bench["oe"]],
-                         opts, num_cpus=1, progress=False)
+    rows = rank_parallel(model, cfg.model.name, storage.join(data, "id_train"),
+                         [storage.join(data, n) for n in bench["oe"]], opts, num_cpus=1, progress=False)
     for r in rows:
-        r["candidate"] = Path(r["candidate"]).name
+        r["candidate"] = storage.basename(r["candidate"])
         if r["rank"]:
             print(f"      rank {r['rank']}: {r['candidate']:<12} d = {r['distance']:.3f} ± {r['distance_std']:.3f}")
         else:
             print(f"      skipped: {r['candidate']:<12} {r['status']}: {r['reason']}")
-    (out / "rank-oe").mkdir(parents=True, exist_ok=True)
-    (out / "rank-oe" / "ranking.json").write_text(json.dumps(rows, indent=1))
+    storage.write_json(storage.join(out, "rank-oe", "ranking.json"), rows, indent=1)
     return [r for r in rows if r.get("rank")]
 
 
-def evaluate_all(checkpoints: dict, cfg: Config, out: Path) -> dict:
+def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     from edge_ray.distributed.evaluate import eval_options, load_trained
     from edge_ray.evaluation import evaluate, open_sets
 
@@ -164,7 +166,7 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: Path) -> dict:
     return results
 
 
-def _finish(results: dict, ranking: list, oe_name: str, out: Path, elapsed: float, args) -> None:
+def _finish(results: dict, ranking: list, oe_name: str, out: str, elapsed: float, args) -> None:
     from edge_ray.report import compact_table, write_results
 
     paths = write_results(results, out, extra={"oe_ranking": ranking, "oe_used": oe_name,

@@ -13,7 +13,6 @@ process); here the same measurement runs as a task pool, and the command line li
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from edge_ray import storage
 from edge_ray.data import ShardIndex, load_index
 from edge_ray.models import BACKBONES, MultiLabelNet, build_model, load_state_file
 from edge_ray.oe_rank import (RankOptions, _positions, _require_ranked, format_table, inspect_candidate,
@@ -82,7 +82,7 @@ def rank_parallel(model: MultiLabelNet, model_name: str, id_dir: str, candidates
             i = pending.pop(done[0])
             rows[i] = _finish(rows[i], done[0])
             bar.update(1)
-            bar.set_postfix_str(f"{Path(rows[i]['candidate']).name}: {rows[i]['status']}")
+            bar.set_postfix_str(f"{storage.basename(rows[i]['candidate'])}: {rows[i]['status']}")
     return _require_ranked(rank_table([rows[i] for i in range(len(candidates))]))
 
 
@@ -121,7 +121,7 @@ def load_ranking_model(args) -> tuple[MultiLabelNet, str, dict]:
         if args.backbone or args.weights:
             raise ValueError("give either --checkpoint or --backbone/--weights, not both")
         from edge_ray.distributed.evaluate import load_trained
-        model, cfg, _ = load_trained(args.checkpoint)
+        model, cfg, _ = load_trained(storage.normalize(args.checkpoint))
         return model, cfg.model.name, {"image_size": cfg.data.image_size,
                                        "mean": tuple(cfg.data.mean), "std": tuple(cfg.data.std)}
     name, weights = args.backbone or "resnet50", args.weights or ""
@@ -140,9 +140,17 @@ def run(args) -> int:
 
     if args.select_out and not args.select:
         raise ValueError("--select-out needs --select CONFIG (the training config to update)")
-    if args.select and not Path(args.select).is_file():
+    if args.select and not storage.is_file(args.select):
         raise FileNotFoundError(f"--select {args.select}: no such training config (YAML)")
     cfg = load_config(args.select) if args.select else None  # fail before any work
+    # Locations: relative paths against this directory (Ray tasks run elsewhere); a shell
+    # pattern in a URI (s3://bucket/demo/oe_*) is expanded here, as the shell does for paths.
+    id_dir = storage.normalize(args.id)
+    candidates = [storage.normalize(c) for pattern in args.candidates for c in storage.glob(pattern)]
+    if not candidates:
+        raise FileNotFoundError(f"--candidates {' '.join(args.candidates)}: no shard set matches")
+    out = storage.normalize(args.out)
+    storage.check_writable(out)
     RankOptions(k=args.k, batch_size=args.batch_size, batches=args.batches).check()
     connect(args.address)
     model, name, defaults = load_ranking_model(args)
@@ -150,24 +158,21 @@ def run(args) -> int:
         defaults["image_size"] = args.image_size
     opts = RankOptions(k=args.k, batch_size=args.batch_size, batches=args.batches, seed=args.seed,
                        **defaults)
-    rows = rank_parallel(model, name, args.id, args.candidates, opts, num_cpus=args.num_cpus,
+    rows = rank_parallel(model, name, id_dir, candidates, opts, num_cpus=args.num_cpus,
                          num_gpus=args.num_gpus)
     print(format_table(rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     best = rows[0]["candidate"]
-    id_images = len(_positions(load_index(args.id), opts))
-    report = {"id": args.id, "id_images": id_images,
+    id_images = len(_positions(load_index(id_dir), opts))
+    report = {"id": id_dir, "id_images": id_images,
               "model": {"backbone": name, "checkpoint": args.checkpoint or "",
                                        "weights": args.weights or ""},
               "options": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()},
               "best": best, "candidates": rows}
-    (out / "ranking.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"best OE candidate: {best}; ranking: {out / 'ranking.json'}")
+    storage.write_json(storage.join(out, "ranking.json"), report, indent=1)
+    print(f"best OE candidate: {best}; ranking: {storage.join(out, 'ranking.json')}")
     if cfg is not None:
-        target = Path(args.select_out or out / "selected.yaml")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(replace(cfg, data=replace(cfg.data, oe=best)).to_yaml())
+        target = storage.normalize(args.select_out) if args.select_out else storage.join(out, "selected.yaml")
+        storage.write_text(target, replace(cfg, data=replace(cfg.data, oe=best)).to_yaml())
         print(f"wrote {target} (data.oe = {best})")
     return 0
 

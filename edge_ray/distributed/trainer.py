@@ -6,15 +6,13 @@ starts, so they surface as one clear error instead of a crash inside a rank.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from edge_ray import engine
+from edge_ray import engine, storage
 from edge_ray.config import Config, ConfigError
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.checkpoint import load_checkpoint
@@ -24,12 +22,20 @@ from edge_ray.models import build_model
 
 def storage_root(cfg: Config) -> str:
     """Ray wants an absolute path or a URI (``s3://``, ``gs://``) for storage."""
-    path = cfg.train.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return storage.normalize(cfg.train.storage_path)
 
 
 def run_dir(cfg: Config, run_name: str | None = None) -> str:
-    return f"{storage_root(cfg).rstrip('/')}/{run_name or cfg.train.run_name}"
+    return storage.join(storage_root(cfg), run_name or cfg.train.run_name)
+
+
+def checkpoint_location(ckpt, cfg: Config) -> str:
+    """A Ray ``Checkpoint`` as a location: its path is relative to the storage filesystem
+    (``bucket/runs/...`` without the scheme on S3)."""
+    root = storage_root(cfg)
+    if storage.is_uri(root):
+        return f"{root.split('://', 1)[0]}://{ckpt.path.lstrip('/')}"
+    return ckpt.path
 
 
 def _probe_forward(cfg: Config, index, num_classes: int, model=None) -> torch.nn.Module:
@@ -55,6 +61,7 @@ def check_inputs(cfg: Config) -> dict:
     """
     if not cfg.data.id_train:
         raise ConfigError("data.id_train is empty; set it to a shard dir made by `launch.py shards`")
+    storage.check_writable(storage_root(cfg))  # a wrong bucket or credentials: fail now, not in Ray
     id_train = load_index(cfg.data.id_train, role="id")
     for name in ("id_val", "id_test"):
         path = getattr(cfg.data, name)
@@ -129,16 +136,22 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     return out
 
 
+def list_checkpoints(folder: str) -> list[str]:
+    """The complete ``checkpoint_*`` folders of a run (those holding config.json), oldest first."""
+    names = sorted(n for n, kind in storage.listdir(folder).items()
+                   if n.startswith("checkpoint_") and kind == storage.FileType.Directory)
+    return [c for c in (storage.join(folder, n) for n in names)
+            if storage.is_file(storage.join(c, "config.json"))]
+
+
 def check_resume(cfg: Config) -> str | None:
     """The checkpoint a rerun would resume from, after checking it was trained with this
-    config; a ConfigError naming the differences otherwise (local storage only)."""
-    folder = Path(run_dir(cfg))
-    if "://" in str(cfg.train.storage_path) or not folder.is_dir():
-        return None
-    checkpoints = sorted(d for d in folder.glob("checkpoint_*") if (d / "config.json").is_file())
+    config; a ConfigError naming the differences otherwise."""
+    folder = run_dir(cfg)
+    checkpoints = list_checkpoints(folder)
     if not checkpoints:
         return None
-    saved = json.loads((checkpoints[-1] / "config.json").read_text())
+    saved = storage.read_json(storage.join(checkpoints[-1], "config.json"))
     changes = config_changes(saved, cfg.to_dict())
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
@@ -155,12 +168,8 @@ def run_training(cfg: Config) -> TrainSummary:
     check_inputs(cfg)
     check_resume(cfg)
     result = build_trainer(cfg).fit()
-    ckpt = result.checkpoint
-    history = []
-    if ckpt is not None and "://" not in ckpt.path:
-        history = load_checkpoint(ckpt.path)[1]
-    summary = TrainSummary(run_dir(cfg), ckpt.path if ckpt else None, history, dict(result.metrics or {}))
-    if "://" not in summary.run_dir:
-        Path(summary.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(summary.run_dir) / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    ckpt = checkpoint_location(result.checkpoint, cfg) if result.checkpoint is not None else None
+    history = load_checkpoint(ckpt)[1] if ckpt else []
+    summary = TrainSummary(run_dir(cfg), ckpt, history, dict(result.metrics or {}))
+    storage.write_json(storage.join(summary.run_dir, "summary.json"), summary.to_dict(), indent=2)
     return summary
