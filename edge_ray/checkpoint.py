@@ -43,3 +43,30 @@ def load_checkpoint(folder) -> tuple[dict, list, dict]:
     history = storage.read_json(storage.join(folder, HISTORY_FILE)) if HISTORY_FILE in names else []
     config = storage.read_json(storage.join(folder, CONFIG_FILE))
     return state, history, config
+
+
+def checkpoint_folders(run_dir: str) -> list[str]:
+    """The ``checkpoint_*`` folders of a run, newest last (Ray names them by time or number)."""
+    names = sorted(n for n, kind in storage.listdir(run_dir).items()
+                   if n.startswith("checkpoint_") and kind == storage.FileType.Directory)
+    return [storage.join(run_dir, n) for n in names]
+
+
+def latest_checkpoint(run_dir: str) -> tuple[str, dict, list, dict] | None:
+    """(folder, state, history, config) of the newest checkpoint of a run that was
+    completely written, or None.
+
+    Ray Train restores from the last checkpoint its controller *registered*; a node lost
+    just after a checkpoint was uploaded can leave a newer, complete one on storage that
+    Ray does not know of (one epoch of work lost for nothing). Newest first, the first
+    folder whose three files load is the one to resume from; a folder cut short by the
+    failure (a file missing, or a state.pt that does not load) is passed over.
+    """
+    for folder in reversed(checkpoint_folders(run_dir)):
+        try:
+            state, history, config = load_checkpoint(folder)
+        except Exception:  # noqa: BLE001 - incomplete or damaged: try the next older one
+            continue
+        if HISTORY_FILE in storage.listdir(folder) and len(history) == int(state["epoch"]) + 1:
+            return folder, state, history, config
+    return None

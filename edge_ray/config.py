@@ -87,6 +87,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    placement: str = "pack"       # pack | spread: Train workers packed on few nodes, or one per node where possible
     amp: bool = True              # bf16 autocast on GPU
     max_failures: int = 0
     num_to_keep: int = 2
@@ -262,6 +263,7 @@ DECODERS = ("cpu", "gpu")
 #              training stream, between steps (no crop kernels beside the step's).
 GPU_FEEDERS = ("serial", "pipelined", "inline")
 GPU_CROPS = ("batched", "per_image")   # crop resize: as one batch, or image by image
+PLACEMENTS = ("pack", "spread")       # Ray placement strategies PACK / SPREAD for the Train workers
 
 
 def validate(cfg: Config) -> Config:
@@ -275,6 +277,7 @@ def validate(cfg: Config) -> Config:
         (cfg.train.schedule in ("onecycle", "cosine", "constant"), f"train.schedule must be onecycle, cosine or constant, got {cfg.train.schedule!r}"),
         (cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
         (cfg.train.num_workers >= 1, f"train.num_workers must be >= 1, got {cfg.train.num_workers}"),
+        (cfg.train.placement in PLACEMENTS, f"train.placement must be one of {PLACEMENTS}, got {cfg.train.placement!r}"),
         (cfg.data.batch_size >= 1 and cfg.data.oe_batch_size >= 1, "data.batch_size and data.oe_batch_size must be >= 1"),
         (cfg.data.image_size >= 8, f"data.image_size must be >= 8, got {cfg.data.image_size}"),
         (cfg.data.decode in DECODERS, f"data.decode must be cpu or gpu, got {cfg.data.decode!r}"),

@@ -15,7 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from edge_ray import engine, storage
 from edge_ray.config import Config, ConfigError
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
-from edge_ray.checkpoint import load_checkpoint
+from edge_ray.checkpoint import checkpoint_folders, load_checkpoint
 from edge_ray.distributed.worker import train_loop_per_worker
 from edge_ray.models import build_model
 
@@ -90,7 +90,8 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.train.placement.upper()),
         run_config=RunConfig(
             name=run_name or cfg.train.run_name, storage_path=storage_root(cfg),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
@@ -116,7 +117,7 @@ class TrainSummary:
 RESUMABLE_CHANGES = {
     "data": {"loader_workers", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
     "model": {"compile", "compile_mode", "channels_last"},
-    "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every",
+    "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every", "placement",
               "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},
 }
 
@@ -137,11 +138,8 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 
 
 def list_checkpoints(folder: str) -> list[str]:
-    """The complete ``checkpoint_*`` folders of a run (those holding config.json), oldest first."""
-    names = sorted(n for n, kind in storage.listdir(folder).items()
-                   if n.startswith("checkpoint_") and kind == storage.FileType.Directory)
-    return [c for c in (storage.join(folder, n) for n in names)
-            if storage.is_file(storage.join(c, "config.json"))]
+    """The ``checkpoint_*`` folders of a run that hold config.json, oldest first."""
+    return [c for c in checkpoint_folders(folder) if storage.is_file(storage.join(c, "config.json"))]
 
 
 def check_resume(cfg: Config) -> str | None:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from edge_ray import engine
-from edge_ray.checkpoint import load_checkpoint, save_checkpoint
+from edge_ray import engine, storage
+from edge_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from edge_ray.config import from_dict
 from edge_ray.data import load_index, train_loader, eval_loader
 from edge_ray.losses import joint_energy
@@ -27,13 +29,21 @@ from edge_ray.models import build_model
 
 
 
-def _load_checkpoint(model, opt, sched):
-    """Restore from ``ray.train.get_checkpoint()``; return (start_epoch, history, resumes)."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return 0, [], 0
-    with ckpt.as_directory() as d:
-        state, history, _ = load_checkpoint(d)
+def _load_checkpoint(model, opt, sched, cfg):
+    """Restore the newest complete checkpoint of this run; return (start_epoch, history,
+    resumes). That is Ray's registered one (``ray.train.get_checkpoint()``) or a newer one
+    on storage that Ray had not registered when a worker or node was lost
+    (``checkpoint.latest_checkpoint``)."""
+    run = storage.join(cfg.train.storage_path, ray.train.get_context().get_experiment_name())
+    found = latest_checkpoint(run)
+    if found is not None:
+        _, state, history, _ = found
+    else:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return 0, [], 0
+        with ckpt.as_directory() as d:
+            state, history, _ = load_checkpoint(d)
     engine.unwrap(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -48,6 +58,16 @@ def _gather_steps(steps: int, device) -> list[int]:
     out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t)
     return [int(x.item()) for x in out]
+
+
+def _gather_nodes() -> list[str]:
+    """The Ray node (first 8 hex digits of its id) each rank runs on, in rank order."""
+    node = ray.get_runtime_context().get_node_id()[:8]
+    if not dist.is_initialized():
+        return [node]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, node)
+    return out
 
 
 def _validate(model, cfg, device) -> dict:
@@ -123,7 +143,8 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                               channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
                               diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
-    start, history, resumes = _load_checkpoint(model, opt, sched)
+    start, history, resumes = _load_checkpoint(model, opt, sched, cfg)
+    nodes = _gather_nodes()
 
     stop = cfg.train.stop_after_epoch
     last = stop if 0 < stop < cfg.train.epochs else cfg.train.epochs  # epochs this run trains
@@ -131,6 +152,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     for epoch in range(start, cfg.train.epochs):
         # The fault switch fires once: only in an attempt that did not start from a checkpoint.
         fail = (epoch == cfg.train.fail_at_epoch and resumes == 0 and rank == world - 1)
+        started_at = time.time()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=rank != 0,
                    mininterval=2.0, leave=False)
         loader = upcoming if upcoming is not None else loader_for(epoch)
@@ -144,7 +166,8 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()}, **inputs,
                    "steps_per_rank": _gather_steps(stats["steps"], device), "lr": sched.get_last_lr()[0],
                    "beta_active": cfg.loss.method == "edge" and epoch >= cfg.loss.tau,
-                   "resumes": resumes, "world_size": world}
+                   "resumes": resumes, "world_size": world, "nodes": nodes,
+                   "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
         if rank == 0 and cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0:
             metrics.update(_validate(model, cfg, device))
         history.append(metrics)
