@@ -15,13 +15,15 @@ def is_user_error(err: Exception) -> bool:
 
 def cmd_train(args) -> int:
     from edge_ray.distributed.evaluate import evaluate_remote
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.distributed.trainer import check_inputs, check_resume, run_training
 
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg)  # data, storage and model problems: one line, before Ray starts
+    check_resume(cfg)
     where = connect(args.address)
     print(f"training {cfg.model.name} with {cfg.loss.method} on {cfg.train.num_workers} worker(s) "
           f"({'GPU' if cfg.train.use_gpu else 'CPU'}, Ray: {where}) -> {cfg.train.storage_path}/{cfg.train.run_name}")
-    summary = run_training(cfg)
+    summary = run_training(cfg, checked=True)
     last = summary.history[-1] if summary.history else {}
     print(f"finished epoch {last.get('epoch')}/{cfg.train.epochs}: loss {last.get('loss', float('nan')):.4f}, "
           f"val mAP {last.get('val_map')}, checkpoint {summary.checkpoint_dir}")

@@ -160,11 +160,13 @@ def check_resume(cfg: Config) -> str | None:
     return str(checkpoints[-1])
 
 
-def run_training(cfg: Config) -> TrainSummary:
+def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
     """Fit the trainer (resuming if a checkpoint of the same run, with the same config,
-    exists) and write summary.json."""
-    check_inputs(cfg)
-    check_resume(cfg)
+    exists) and write summary.json. ``checked``: the caller already ran ``check_inputs``
+    and ``check_resume`` (the CLI does, before it starts Ray)."""
+    if not checked:
+        check_inputs(cfg)
+        check_resume(cfg)
     result = build_trainer(cfg).fit()
     ckpt = checkpoint_location(result.checkpoint, cfg) if result.checkpoint is not None else None
     history = load_checkpoint(ckpt)[1] if ckpt else []

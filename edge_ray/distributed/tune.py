@@ -30,6 +30,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from edge_ray import storage
 from edge_ray.config import ConfigError
 from edge_ray.distributed import tune_report as report
 from edge_ray.distributed.cluster import connect
@@ -111,7 +112,6 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
     """Check everything, run (or continue) the search on the connected Ray, write the outputs.
     ``callbacks`` are Tune callbacks (saved with the experiment, so they come back on resume)."""
     dists, fixed = check_search(s)
-    out = Path(s.out)
     path = experiment_path(s)
     if resume:
         if not tune.Tuner.can_restore(path):
@@ -121,9 +121,8 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
     else:
         cfg = trial_base(s)
         n = concurrency(s, cfg, ray.cluster_resources())
-        out.mkdir(parents=True, exist_ok=True)
         _check_fresh(s)
-        (out / "search.yaml").write_text(yaml.safe_dump(s.to_dict(), sort_keys=False))
+        storage.write_text(storage.join(s.out, "search.yaml"), yaml.safe_dump(s.to_dict(), sort_keys=False))
         t = cfg.train
         each = f"{t.gpus_per_worker:g} GPU + " if t.use_gpu else ""
         print(f"search {s.name}: {s.trials} trials, up to {n} at a time, {t.num_workers} worker(s) x "
@@ -159,8 +158,15 @@ def collect_rows(s: SearchSettings, grid, params: list[str]) -> list[dict]:
 
 
 def write_outputs(s: SearchSettings, grid, params: list[str]) -> SearchResult:
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """trials.md / .csv, objective.png, pareto.md, best.yaml into ``s.out`` (a local path or a
+    URI); the returned paths are locations there."""
+    with storage.local_folder(s.out) as out:
+        result = _write_outputs(s, grid, params, out)
+    result.paths = {k: storage.join(s.out, p.name) for k, p in result.paths.items()}
+    return result
+
+
+def _write_outputs(s: SearchSettings, grid, params: list[str], out: Path) -> SearchResult:
     metric, mode = s.metrics[0], s.modes[0]
     rows = report.sort_rows(collect_rows(s, grid, params), metric, mode)
     cols = report.columns(rows, params, s.metrics)
@@ -200,11 +206,11 @@ def settings_from_args(args) -> SearchSettings:
         return given
     if not (args.name or given):
         raise ConfigError("--resume needs --name NAME (or the --config and --space of the search)")
-    out = Path(args.out or (given.out if given else f"results/tune/{args.name}"))
-    saved_file = out / "search.yaml"
-    if not saved_file.is_file():
+    out = storage.normalize(args.out or (given.out if given else f"results/tune/{args.name}"))
+    saved_file = storage.join(out, "search.yaml")
+    if not storage.is_file(saved_file):
         raise ConfigError(f"nothing to resume: {saved_file} not found; check --name/--out")
-    saved = SearchSettings.from_dict(yaml.safe_load(saved_file.read_text()))
+    saved = SearchSettings.from_dict(yaml.safe_load(storage.read_text(saved_file)))
     if given is not None:
         differ = [f for f in ("config", "space") if getattr(given, f) != getattr(saved, f)]
         differ += ["trials"] if args.trials and args.trials != saved.trials else []
@@ -220,7 +226,7 @@ def run(args) -> int:
     where = connect(args.address)
     print(f"Ray: {where}")
     res = run_search(s, resume=args.resume)
-    print((res.paths["markdown"]).read_text())
+    print(storage.read_text(res.paths["markdown"]))
     if res.best is not None:
         print(f"best: trial {res.best['trial']} -> {res.paths['best']} "
               f"(train it: python launch.py train --config {res.paths['best']})")

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_ray import storage as storage_module
 from edge_ray.config import Config, ConfigError, apply_overrides, from_dict, load_config
 from edge_ray.distributed.tune_space import build_space, read_space
 
@@ -63,14 +64,18 @@ def make_settings(config: str, space: str, trials: int, *, overrides=(), metric:
     name = name or f"{Path(config).stem}-{Path(space).stem}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
-    out_dir = Path(out or f"results/tune/{name}").expanduser().resolve()
+    out_dir = storage.normalize(out or f"results/tune/{name}")
     metrics, modes = (metric,), (mode,)
     if multi_objective:
         if metric == "val_map":
             raise ConfigError("--multi-objective pairs --metric with val_map; pick another --metric")
         metrics, modes = (metric, "val_map"), (mode, "max")
-    storage = _absolute_sqlite(storage) or f"sqlite:///{out_dir / 'study.db'}"
-    return SearchSettings(name=name, out=str(out_dir), config=cfg.to_dict(), space=read_space(space),
+    if not storage and storage_module.is_uri(out_dir):
+        raise ConfigError(f"--out {out_dir}: the Optuna study is an SQLite file, which cannot live in "
+                          "object storage; add --storage sqlite:///results/tune/study.db (or a database "
+                          "URL such as postgresql://...) or use a local --out")
+    storage = _absolute_sqlite(storage) or f"sqlite:///{out_dir}/study.db"
+    return SearchSettings(name=name, out=out_dir, config=cfg.to_dict(), space=read_space(space),
                           space_file=str(space), trials=trials, metrics=metrics, modes=modes,
                           storage=storage, seed=seed, max_concurrent=max_concurrent,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
@@ -100,9 +105,7 @@ def trial_base(s: SearchSettings) -> Config:
 
 
 def _same_set(a: str, b: str) -> bool:
-    if "://" in a or "://" in b:
-        return a.rstrip("/") == b.rstrip("/")
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return storage_module.normalize(a) == storage_module.normalize(b)
 
 
 def check_no_leak(cfg: Config) -> None:
