@@ -13,8 +13,10 @@ def finite_positive(x) -> bool:
 
 
 def test_reader_smoke(tmp_path):
-    rows = reader.main(["--smoke", "--json", str(tmp_path / "reader.json")])
+    rows = reader.main(["--smoke", "--stores", "local", "s3", "--json", str(tmp_path / "reader.json")])
     assert rows and all(finite_positive(r["img_per_s"]) for r in rows)
+    assert {r["store"] for r in rows} == {"local", "s3"}
+    assert all(finite_positive(r["cpu_vs_local"]) for r in rows)
     assert json.loads((tmp_path / "reader.json").read_text())
 
 
