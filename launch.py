@@ -88,17 +88,23 @@ def build_parser() -> Parser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from edge_ray.distributed import commands
     try:
+        if args.command in commands.INTERRUPTIBLE:
+            from edge_ray.distributed.interrupts import run_interruptible
+            return run_interruptible(commands.dispatch, args, hint=commands.resume_hint)
         return commands.dispatch(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # one line with the fix, unless --debug
-        if getattr(args, "debug", False) or not commands.is_user_error(err):
+        cause = commands.root_cause(err)
+        if getattr(args, "debug", False) or not commands.is_user_error(cause):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         return 2
 
 

@@ -52,6 +52,19 @@ def checkpoint_folders(run_dir: str) -> list[str]:
     return [storage.join(run_dir, n) for n in names]
 
 
+def last_epoch_on_storage(run_dir: str) -> tuple[str, int] | None:
+    """(folder, epochs it holds) of the newest checkpoint whose three files are there, from
+    its history.json alone (cheap: for messages; `latest_checkpoint` loads and checks)."""
+    for folder in reversed(checkpoint_folders(run_dir) if storage.is_dir(run_dir) else []):
+        names = storage.listdir(folder)
+        if {STATE_FILE, HISTORY_FILE, CONFIG_FILE} <= set(names):
+            try:
+                return folder, len(storage.read_json(storage.join(folder, HISTORY_FILE)))
+            except (ValueError, OSError):
+                continue
+    return None
+
+
 def latest_checkpoint(run_dir: str) -> tuple[str, dict, list, dict] | None:
     """(folder, state, history, config) of the newest checkpoint of a run that was
     completely written, or None.

@@ -74,6 +74,21 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+# Scheduler state that describes the plan, not the progress: kept from the current config
+# when a checkpoint's state is loaded.
+_PLAN_KEYS = ("total_steps", "_schedule_phases", "T_max")
+
+
+def load_scheduler_state(sched, state: dict) -> None:
+    """Restore a checkpoint's scheduler progress (steps taken, last LR) into ``sched``, keeping
+    ``sched``'s own plan (total steps of a one-cycle or cosine schedule). A run resumed with
+    another ``train.epochs`` then follows the schedule re-planned over the new total from
+    the step it reached, instead of stepping past the end of the old plan (one-cycle raises
+    there)."""
+    plan = {k: sched.__dict__[k] for k in _PLAN_KEYS if k in sched.__dict__}
+    sched.load_state_dict({**state, **plan})
+
+
 @dataclass(frozen=True)
 class StepOptions:
     device: torch.device

@@ -77,3 +77,32 @@ def test_empty_loader_gives_zero_steps():
     stats = engine.train_epoch(model, [], engine.make_loss_fn(LossConfig(method="bce")), opt, None,
                                epoch=0, opts=opts)
     assert stats["steps"] == 0 and stats["images"] == 0
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_resumed_schedule_follows_the_new_number_of_epochs(schedule):
+    """A checkpoint of a 2-epoch schedule resumed with 3 epochs: the steps taken are kept,
+    the plan is the new one, and stepping through the third epoch does not fail (one-cycle
+    raised 'Tried to step ... times' before)."""
+    from dataclasses import replace
+
+    from edge_ray.config import TrainConfig
+
+    def make(epochs):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        return opt, engine.make_scheduler(opt, replace(TrainConfig(), schedule=schedule, epochs=epochs, lr=0.1), 10)
+
+    opt, sched = make(2)
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    opt3, sched3 = make(3)
+    engine.load_scheduler_state(sched3, sched.state_dict())
+    assert sched3.last_epoch == 20
+    _, fresh = make(3)
+    for _ in range(10):
+        opt3.step()
+        sched3.step()
+    for _ in range(30):
+        fresh.step()
+    assert sched3.get_last_lr() == pytest.approx(fresh.get_last_lr())  # on the 3-epoch plan

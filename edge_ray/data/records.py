@@ -175,7 +175,8 @@ def _record(url: str, key: str, members: dict) -> Record:
     images = [ext for ext in members if ext in IMAGE_EXTS]
     if len(images) != 1 or "json" not in members:
         raise ValueError(f"{where}: a sample needs exactly one image and one .json, "
-                         f"found {sorted(members)}")
+                         f"found {sorted(members)}; the shard is damaged or was not written by "
+                         "`launch.py shards`: reconvert the set")
     try:
         meta = json.loads(members["json"])
         labels = tuple(int(c) for c in meta.get("labels", ()))

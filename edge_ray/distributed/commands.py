@@ -13,6 +13,51 @@ def is_user_error(err: Exception) -> bool:
     return isinstance(err, (ValueError, FileNotFoundError, ClusterError, ConfigError, NotImplementedError))
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The exception a Ray wrapper carries: a Train worker's (lowest failing rank), a Train
+    controller's, a task's or an actor's. A problem in a shard or a config found inside
+    Ray then reaches the user as the same one line it would be on the driver."""
+    import ray.exceptions
+    from ray.train import ControllerError, WorkerGroupError
+
+    for _ in range(10):
+        if isinstance(err, WorkerGroupError) and err.worker_failures:
+            err = err.worker_failures[min(err.worker_failures)]
+        elif isinstance(err, ControllerError):
+            err = err.controller_failure
+        elif isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None:
+            err = err.cause
+        else:
+            break
+    return err
+
+
+# Commands that run long enough to be interrupted, and what to tell the user then.
+def resume_hint(args) -> str:
+    """One line: what an interrupted command left and the command that continues it."""
+    from edge_ray.distributed.interrupts import again
+
+    argv = args.argv
+    if args.command == "train":
+        from edge_ray.checkpoint import last_epoch_on_storage
+        from edge_ray.distributed.trainer import run_dir
+
+        run = run_dir(load_config(args.config, args.overrides))
+        last = last_epoch_on_storage(run)
+        done = (f"epochs 1-{last[1]} are in {last[0]}; continue from epoch {last[1] + 1}" if last
+                else "no epoch was finished; start again")
+        return f"training {run} stopped; {done} with: {again(argv)}"
+    if args.command == "demo":
+        return f"the shards and the finished trainings are kept and reused; continue with: {again(argv)}"
+    if args.command == "shards":
+        return (f"the set in {args.out} is incomplete (index.json is written last, so no reader will open "
+                f"it); convert again with: {again(argv, ('--overwrite',) if args.shards_kind != 'demo' else ())}")
+    return f"nothing was written (results are written at the end); run it again with: {again(argv)}"
+
+
+INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards"}
+
+
 def cmd_train(args) -> int:
     from edge_ray.distributed.evaluate import evaluate_remote
     from edge_ray.distributed.trainer import check_inputs, check_resume, run_training

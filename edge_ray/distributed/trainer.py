@@ -15,7 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from edge_ray import engine, storage
 from edge_ray.config import Config, ConfigError
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
-from edge_ray.checkpoint import checkpoint_folders, load_checkpoint
+from edge_ray.checkpoint import checkpoint_folders, last_epoch_on_storage, load_checkpoint
 from edge_ray.distributed.worker import train_loop_per_worker
 from edge_ray.models import build_model
 
@@ -167,6 +167,11 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
     if not checked:
         check_inputs(cfg)
         check_resume(cfg)
+    last = last_epoch_on_storage(run_dir(cfg))
+    if last is not None:
+        folder, epochs = last
+        state = "finished" if epochs >= cfg.train.epochs else f"from epoch {epochs + 1}"
+        print(f"resuming {run_dir(cfg)} {state} (checkpoint {folder})", flush=True)
     result = build_trainer(cfg).fit()
     ckpt = checkpoint_location(result.checkpoint, cfg) if result.checkpoint is not None else None
     history = load_checkpoint(ckpt)[1] if ckpt else []

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from edge_ray import engine, storage
-from edge_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from edge_ray.checkpoint import checkpoint_folders, latest_checkpoint, load_checkpoint, save_checkpoint
 from edge_ray.config import from_dict
 from edge_ray.data import load_index, train_loader, eval_loader
 from edge_ray.losses import joint_energy
@@ -29,13 +29,36 @@ from edge_ray.models import build_model
 
 
 
+def _run_dir(cfg) -> str:
+    return storage.join(cfg.train.storage_path, ray.train.get_context().get_experiment_name())
+
+
+def _prune_orphans(run: str) -> None:
+    """Delete checkpoint folders Ray does not track and never will: written by an attempt
+    that failed before Ray registered them (or cut short), once Ray has registered a newer
+    one. Ray's own folders follow ``train.num_to_keep``; these would stay forever. Ray's
+    registry is its checkpoint manager snapshot in the run folder (Ray 2.60's format); if
+    it cannot be read, nothing is deleted."""
+    try:
+        snapshot = storage.read_json(storage.join(run, "checkpoint_manager_snapshot.json"))
+        registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+    except (ValueError, OSError, KeyError, TypeError):
+        return
+    if not registered:
+        return
+    newest = max(registered)
+    for folder in checkpoint_folders(run):
+        name = storage.basename(folder)
+        if name not in registered and name < newest:
+            storage.delete_tree(folder)
+
+
 def _load_checkpoint(model, opt, sched, cfg):
     """Restore the newest complete checkpoint of this run; return (start_epoch, history,
     resumes). That is Ray's registered one (``ray.train.get_checkpoint()``) or a newer one
     on storage that Ray had not registered when a worker or node was lost
     (``checkpoint.latest_checkpoint``)."""
-    run = storage.join(cfg.train.storage_path, ray.train.get_context().get_experiment_name())
-    found = latest_checkpoint(run)
+    found = latest_checkpoint(_run_dir(cfg))
     if found is not None:
         _, state, history, _ = found
     else:
@@ -46,7 +69,7 @@ def _load_checkpoint(model, opt, sched, cfg):
             state, history, _ = load_checkpoint(d)
     engine.unwrap(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
+    engine.load_scheduler_state(sched, state["scheduler"])
     return int(state["epoch"]) + 1, history, int(state["resumes"]) + 1
 
 
@@ -144,6 +167,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                               separate_forward=cfg.train.separate_forward,
                               diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
     start, history, resumes = _load_checkpoint(model, opt, sched, cfg)
+    run = _run_dir(cfg)
     nodes = _gather_nodes()
 
     stop = cfg.train.stop_after_epoch
@@ -177,5 +201,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="edge-ckpt-") as d:  # report copies it to storage
             ckpt = _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) if rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt)
+        if rank == 0:
+            _prune_orphans(run)
         if epoch + 1 == cfg.train.stop_after_epoch:
             break

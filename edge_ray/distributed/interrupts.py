@@ -1,0 +1,90 @@
+"""Ctrl-C and SIGTERM for the long-running commands: stop within seconds, exit 130 (143
+for SIGTERM) and print one line with the command that continues the work.
+
+The command runs in a worker thread and the main thread only waits, holding the signal
+handlers. That is deliberate: Ray Train registers its own SIGINT handler when ``fit()``
+runs on the main thread (it aborts the run and exits with status 1, without a word), and
+a signal handler can only run on the main thread. Leaving the process ends the run: a
+local Ray's processes share its fate, and a cluster ends a job's actors when its driver
+goes. What was written stays: checkpoints are complete folders (a half-uploaded one is
+passed over on restore), results are written at the end of a command.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+GRACE_S = 15.0  # how long stopping Ray and printing may take before the process leaves anyway
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise(signum, frame):
+    raise Interrupted(signum)
+
+
+def run_interruptible(command, args, *, hint) -> int:
+    """``command(args)`` in a worker thread; on SIGINT / SIGTERM print ``hint(args)`` and
+    return 130 / 143. Exceptions of the command are raised here, in the main thread."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["rc"] = command(args)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name=f"launch-{args.command}", daemon=True)
+    previous = {s: signal.signal(s, _raise) for s in EXIT_CODES}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    except Interrupted as stop:
+        code = EXIT_CODES[stop.signum]
+        _leave_soon(code)
+        _stop_ray()  # first: nothing may write after the message says what is there
+        print(f"\ninterrupted ({stop}): {hint(args)}", file=sys.stderr, flush=True)
+        return code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["rc"]
+
+
+def _stop_ray() -> None:
+    """Disconnect from Ray: a local instance stops, a cluster ends this driver's job (its
+    Train controller and workers with it)."""
+    import ray
+
+    if ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+
+
+def _leave_soon(code: int) -> None:
+    """Let the interpreter shut Ray down, but never for longer than GRACE_S."""
+    def watchdog():
+        time.sleep(GRACE_S)
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
+
+
+def again(argv: list[str], extra: tuple[str, ...] = ()) -> str:
+    """``python launch.py <argv>`` (plus ``extra`` flags not given yet), as the user can type it."""
+    return shlex.join(["python", "launch.py", *argv, *(a for a in extra if a not in argv)])

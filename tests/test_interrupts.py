@@ -1,0 +1,109 @@
+"""Interruptions as a user meets them: Ctrl-C (SIGINT to the process group) during `train`
+stops it within seconds with status 130 and one line naming the command that continues;
+that command resumes from the newest complete checkpoint and says so; no checkpoint folder
+outlives train.num_to_keep. SIGTERM during `demo` gives 143. An error inside a Ray Train
+worker reaches the user as the one line it would be on the driver."""
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import launch
+from edge_ray.checkpoint import checkpoint_folders
+from tests.conftest import ROOT, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _start(args, tmp_path, name):
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err,
+                            start_new_session=True)
+    return proc, out, err
+
+
+def _wait_for(predicate, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def _complete(folder) -> bool:
+    return {"state.pt", "history.json", "config.json"} <= {p.name for p in folder.iterdir()}
+
+
+def test_ctrl_c_during_train_then_the_printed_command_resumes(ray_local, tiny_shards, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["launch.py", "train", "--config", "configs/tiny.yaml", "--no-eval",
+            *tiny_overrides(tiny_shards, runs, **{"train.epochs": 5, "train.run_name": "ctrlc", "data.batch_size": 16,
+                                                  "loss.k": 8, "train.num_to_keep": 2})]
+    proc, out, err = _start(args, tmp_path, "first")
+    _wait_for(lambda: (runs / "ctrlc").is_dir() and any(_complete(p) for p in (runs / "ctrlc").glob("checkpoint_*")),
+              300, "no checkpoint was written")
+    sent = time.time()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert proc.wait(60) == 130
+    took = time.time() - sent
+    err.seek(0)
+    message = [line for line in err.read().splitlines() if line.startswith("interrupted (SIGINT)")]
+    assert len(message) == 1, message
+    match = re.search(r"epochs 1-(\d+) are in (\S+); continue from epoch (\d+) with: (python launch.py train .*)$",
+                      message[0])
+    assert match and int(match.group(3)) == int(match.group(1)) + 1, message[0]
+    assert took < 30, f"took {took:.1f}s to stop"
+
+    again = shlex.split(match.group(4))
+    assert again[2:] == args[1:]  # the same command, as typed
+    proc, out, err = _start(again[1:], tmp_path, "second")
+    assert proc.wait(600) == 0
+    out.seek(0)
+    text = out.read()
+    resumed = re.search(r"resuming \S+ctrlc from epoch (\d+) \(checkpoint (\S+)\)", text)
+    assert resumed and int(resumed.group(1)) >= int(match.group(3)), text[-2000:]
+    assert "finished epoch 5/5" in text
+    assert len(checkpoint_folders(str(runs / "ctrlc"))) <= 2  # train.num_to_keep, orphans included
+
+
+def test_sigterm_during_demo_exits_143_and_says_what_is_kept(ray_local, tmp_path):
+    args = ["launch.py", "demo", "--quick", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "results")]
+    proc, out, err = _start(args, tmp_path, "demo")
+
+    def training_started():
+        out.seek(0)
+        return "[2/5] training" in out.read()
+
+    _wait_for(training_started, 300, "the demo did not reach its first training")
+    proc.send_signal(signal.SIGTERM)  # the driver alone, as a scheduler or `kill` does
+    assert proc.wait(60) == 143
+    err.seek(0)
+    lines = [line for line in err.read().splitlines() if line.startswith("interrupted (SIGTERM)")]
+    assert len(lines) == 1 and "the shards and the finished trainings are kept and reused" in lines[0]
+    assert lines[0].endswith(shlex.join(["python", "launch.py", *args[1:]]))
+
+
+def test_a_worker_error_is_one_line(ray_local, tiny_shards, tmp_path, capsys):
+    """A damaged second shard: the driver's checks read the first one only, the Train worker
+    meets it; the user gets the worker's own message, with no Ray wrapper around it."""
+    import shutil
+
+    data = tmp_path / "id_train"
+    shutil.copytree(tiny_shards / "id_train", data)
+    second = sorted(data.glob("*.tar"))[1]
+    second.write_bytes(second.read_bytes()[:5000] + b"\x01" * 3000)
+    code = launch.main(["train", "--config", "configs/tiny.yaml", "--no-eval",
+                        *tiny_overrides(tiny_shards, tmp_path / "runs", **{"data.id_train": data,
+                                                                            "train.run_name": "broken"})])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: shard '{second}'") and "reconvert the set" in err[0]
