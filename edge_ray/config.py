@@ -247,7 +247,7 @@ def load_config(path: str | Path | None = None, overrides=()) -> Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of sections")
         cfg = from_dict(data)
-    return resolve_locations(validate(apply_overrides(cfg, overrides)))
+    return resolve_locations(check_schedule(validate(apply_overrides(cfg, overrides))))
 
 
 METHODS = ("bce", "edge", "oe", "hendrycks_oe", "energy_oe", "focal", "asl", "dbloss")
@@ -266,33 +266,88 @@ GPU_CROPS = ("batched", "per_image")   # crop resize: as one batch, or image by 
 PLACEMENTS = ("pack", "spread")       # Ray placement strategies PACK / SPREAD for the Train workers
 
 
-def validate(cfg: Config) -> Config:
-    """Value checks that need no files (file checks happen in the driver before workers start)."""
+def _choice(value, key: str, options) -> str | None:
+    """None when `value` is one of `options`, else the message (with the closest option)."""
+    if value in options:
+        return None
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{key}={value!r} is not valid; {hint}choose one of {', '.join(map(str, options))}"
+
+
+def _name_checks(cfg: Config) -> list:
+    from edge_ray.models import BACKBONES
+    from edge_ray.scores import SCORES
+
+    checks = [_choice(cfg.loss.method, "loss.method", METHODS),
+              _choice(cfg.loss.gap, "loss.gap", ("mean", "pairwise")),
+              _choice(cfg.train.optimizer, "train.optimizer", ("sgd", "adam", "adamw")),
+              _choice(cfg.train.schedule, "train.schedule", ("onecycle", "cosine", "constant")),
+              _choice(cfg.train.placement, "train.placement", PLACEMENTS),
+              _choice(cfg.model.name, "model.name", BACKBONES),
+              _choice(cfg.model.compile_mode, "model.compile_mode", COMPILE_MODES),
+              _choice(cfg.data.decode, "data.decode", DECODERS),
+              _choice(cfg.data.gpu_feeder, "data.gpu_feeder", GPU_FEEDERS),
+              _choice(cfg.data.gpu_crops, "data.gpu_crops", GPU_CROPS)]
+    checks += [_choice(name, "eval.scores", tuple(SCORES)) for name in cfg.eval.scores]
+    if not cfg.eval.scores:
+        checks.append(f"eval.scores is empty; choose from {', '.join(SCORES)}")
+    return [c for c in checks if c]
+
+
+def _range_checks(cfg: Config) -> list:
+    d, lo, t = cfg.data, cfg.loss, cfg.train
+    lo_crop, hi_crop = (tuple(d.crop_scale) + (None, None))[:2]
     checks = [
-        (cfg.loss.method in METHODS, f"loss.method must be one of {METHODS}, got {cfg.loss.method!r}"),
-        (cfg.loss.gap in ("mean", "pairwise"), f"loss.gap must be mean or pairwise, got {cfg.loss.gap!r}"),
-        (cfg.loss.k >= 1, f"loss.k must be >= 1, got {cfg.loss.k}"),
-        (cfg.loss.tau >= 0, f"loss.tau must be >= 0, got {cfg.loss.tau}"),
-        (cfg.train.optimizer in ("sgd", "adam", "adamw"), f"train.optimizer must be sgd, adam or adamw, got {cfg.train.optimizer!r}"),
-        (cfg.train.schedule in ("onecycle", "cosine", "constant"), f"train.schedule must be onecycle, cosine or constant, got {cfg.train.schedule!r}"),
-        (cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
-        (cfg.train.num_workers >= 1, f"train.num_workers must be >= 1, got {cfg.train.num_workers}"),
-        (cfg.train.placement in PLACEMENTS, f"train.placement must be one of {PLACEMENTS}, got {cfg.train.placement!r}"),
-        (cfg.data.batch_size >= 1 and cfg.data.oe_batch_size >= 1, "data.batch_size and data.oe_batch_size must be >= 1"),
-        (cfg.data.image_size >= 8, f"data.image_size must be >= 8, got {cfg.data.image_size}"),
-        (cfg.data.decode in DECODERS, f"data.decode must be cpu or gpu, got {cfg.data.decode!r}"),
-        (cfg.model.compile_mode in COMPILE_MODES,
-         f"model.compile_mode must be one of {COMPILE_MODES}, got {cfg.model.compile_mode!r}"),
-        (cfg.data.gpu_feeder in GPU_FEEDERS,
-         f"data.gpu_feeder must be one of {GPU_FEEDERS}, got {cfg.data.gpu_feeder!r}"),
-        (cfg.data.gpu_crops in GPU_CROPS, f"data.gpu_crops must be one of {GPU_CROPS}, got {cfg.data.gpu_crops!r}"),
-        (0 <= cfg.data.cpu_decode_share <= 1,
-         f"data.cpu_decode_share must lie in [0, 1], got {cfg.data.cpu_decode_share}"),
+        (lo.alpha >= 0, f"loss.alpha must be >= 0, got {lo.alpha}"),
+        (lo.beta >= 0, f"loss.beta must be >= 0, got {lo.beta}"),
+        (lo.k >= 1, f"loss.k must be >= 1, got {lo.k}"),
+        (lo.m >= 0, f"loss.m (the energy margin) must be >= 0, got {lo.m}"),
+        (lo.tau >= 0, f"loss.tau must be >= 0, got {lo.tau}"),
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (0 <= t.momentum < 1, f"train.momentum must lie in [0, 1), got {t.momentum}"),
+        (t.num_workers >= 1, f"train.num_workers must be >= 1, got {t.num_workers}"),
+        (t.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {t.cpus_per_worker}"),
+        (not t.use_gpu or t.gpus_per_worker > 0, f"train.gpus_per_worker must be > 0 with train.use_gpu, got {t.gpus_per_worker}"),
+        (t.num_to_keep >= 1, f"train.num_to_keep must be >= 1, got {t.num_to_keep}"),
+        (t.max_failures >= -1, f"train.max_failures must be >= 0 (or -1: retry forever), got {t.max_failures}"),
+        (t.val_every >= 0, f"train.val_every must be >= 0 (0: never), got {t.val_every}"),
+        (d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}"),
+        (d.oe_batch_size >= 1, f"data.oe_batch_size must be >= 1, got {d.oe_batch_size}"),
+        (d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}"),
+        (d.loader_workers >= 0, f"data.loader_workers must be >= 0, got {d.loader_workers}"),
+        (hi_crop is not None and len(d.crop_scale) == 2 and 0 < float(lo_crop) <= float(hi_crop) <= 1,
+         f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}"),
+        (len(d.mean) == 3 and len(d.std) == 3 and all(float(x) > 0 for x in d.std),
+         f"data.mean and data.std need 3 values each, std > 0; got {list(d.mean)} and {list(d.std)}"),
+        (0 <= d.cpu_decode_share <= 1, f"data.cpu_decode_share must lie in [0, 1], got {d.cpu_decode_share}"),
+        (cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),
+        (cfg.eval.min_remaining >= 1, f"eval.min_remaining must be >= 1, got {cfg.eval.min_remaining}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    return [message for ok, message in checks if not ok]
+
+
+def validate(cfg: Config) -> Config:
+    """Every value check that needs no file and no cluster, at load time: names (with the
+    closest valid one), ranges, and combinations. Files are checked by the driver before
+    Ray starts (`distributed.trainer.check_inputs`)."""
+    problems = _name_checks(cfg) + _range_checks(cfg)
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
     if cfg.loss.method == "edge" and cfg.loss.k > cfg.data.batch_size:
         raise ConfigError(f"loss.k={cfg.loss.k} is larger than the per-rank ID batch "
                           f"data.batch_size={cfg.data.batch_size}; lower loss.k or raise the batch")
+    return cfg
+
+
+def check_schedule(cfg: Config) -> Config:
+    """The user's own tau must lie within the run. (A search may sample tau >= epochs: that
+    trial trains EDGE without its gap, as tuning/paper_grid.yaml says, so tune spaces skip this.)"""
+    if cfg.loss.method == "edge" and cfg.loss.tau > cfg.train.epochs:
+        raise ConfigError(f"loss.tau={cfg.loss.tau} > train.epochs={cfg.train.epochs}: tau counts the "
+                          "epochs before EDGE's gap term switches on, so it must lie within the run; "
+                          "lower loss.tau (tau = epochs trains EDGE without its gap, as loss.method=oe)")
     return cfg

@@ -35,8 +35,34 @@ def test_errors(tmp_path):
         load_config(None, ["beta=1"])
     with pytest.raises(ConfigError, match="loss.k=64 is larger than the per-rank ID batch"):
         load_config(None, ["loss.k=64", "data.batch_size=32"])
-    with pytest.raises(ConfigError, match="loss.method must be one of"):
+    with pytest.raises(ConfigError, match="loss.method='edgy' is not valid; did you mean 'edge'"):
         load_config(None, ["loss.method=edgy"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.scores=[jointenergy, foo]", "eval.scores='foo' is not valid; choose one of maxlogit"),
+    ("eval.scores=[jointenergi]", "did you mean 'jointenergy'"),
+    ("train.optimizer=adamm", "did you mean 'adam'"),
+    ("train.schedule=cosin", "did you mean 'cosine'"),
+    ("model.name=resnet51", "did you mean 'resnet50'"),
+    ("loss.alpha=-1", "loss.alpha must be >= 0"),
+    ("loss.beta=-0.1", "loss.beta must be >= 0"),
+    ("loss.k=0", "loss.k must be >= 1"),
+    ("loss.m=-2", "loss.m (the energy margin) must be >= 0"),
+    ("loss.tau=21", "loss.tau=21 > train.epochs=20: tau counts the epochs before EDGE's gap"),
+    ("train.lr=0", "train.lr must be > 0"),
+    ("train.momentum=1.5", "train.momentum must lie in [0, 1)"),
+    ("train.cpus_per_worker=0", "train.cpus_per_worker must be > 0"),
+    ("data.image_size=4", "data.image_size must be >= 8"),
+    ("data.oe_batch_size=0", "data.oe_batch_size must be >= 1"),
+    ("data.crop_scale=[0.9, 0.5]", "data.crop_scale must be [min, max] with 0 < min <= max <= 1"),
+    ("data.std=[0.2, 0.2]", "data.mean and data.std need 3 values each"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+])
+def test_every_value_is_checked_at_load(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_gpu_input_and_compile_mode_values_are_checked():

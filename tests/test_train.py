@@ -85,3 +85,17 @@ def test_errors_before_any_worker(tiny_shards, tmp_path):
         _cfg(tiny_shards, tmp_path, **{"loss.k": 64})
     with pytest.raises(ValueError, match="batch"):
         check_inputs(_cfg(tiny_shards, tmp_path, **{"data.batch_size": 512, "loss.k": 4}))
+
+
+def test_a_request_no_node_can_place(ray_local, monkeypatch, capsys):
+    """On a Ray this process started, a worker bigger than any node is refused in one line
+    (it would wait forever); on a cluster (an autoscaler may add nodes) it is only said."""
+    from edge_ray.distributed import cluster
+
+    cluster.check_request({"CPU": 0.5}, 2, "train")  # fits: silent
+    assert capsys.readouterr().out == ""
+    cluster.check_request({"CPU": 64}, 1, "train")
+    assert "the run waits until nodes with room join" in capsys.readouterr().out
+    monkeypatch.setattr(cluster, "STARTED_HERE", True)
+    with pytest.raises(cluster.ClusterError, match=r"asks for 3 worker\(s\) x \(1 GPU\) but the Ray nodes can place 0"):
+        cluster.check_request({"CPU": 0, "GPU": 1}, 3, "train")

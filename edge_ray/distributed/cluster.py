@@ -13,6 +13,26 @@ class ClusterError(RuntimeError):
     """Ray could not be reached; the message says what to do."""
 
 
+STARTED_HERE = False  # this process started its own local Ray: its resources are all there is
+
+
+def check_request(per_worker: dict, workers: int, what: str) -> None:
+    """Refuse, in one line, a request no node can place: on a Ray started here it would wait
+    forever. On a cluster an autoscaler may still add nodes, so it is only said."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = sum(min(int(res.get(k, 0) / v + 1e-9) for k, v in per_worker.items() if v > 0) for res in nodes)
+    if fits >= workers:
+        return
+    asked = " + ".join(f"{v:g} {k}" for k, v in per_worker.items() if v > 0)
+    have = ", ".join(f"{sum(r.get(k, 0) for r in nodes):g} {k}" for k in per_worker)
+    message = (f"{what} asks for {workers} worker(s) x ({asked}) but the Ray nodes can place {fits} "
+               f"(they have {have})")
+    if STARTED_HERE:
+        raise ClusterError(f"{message}; lower train.num_workers / train.cpus_per_worker / "
+                           "train.gpus_per_worker, or connect to a larger cluster with --address")
+    print(f"note: {message}; the run waits until nodes with room join (an autoscaler adds them)", flush=True)
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
     if address in ("auto", "local"):
         return None
@@ -48,6 +68,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
         return address
     # The runtime env puts the project on every worker's path, wherever the driver started.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    global STARTED_HERE
+    STARTED_HERE = True
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              logging_level="ERROR" if quiet else "INFO",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(

@@ -16,6 +16,7 @@ from edge_ray import engine, storage
 from edge_ray.config import Config, ConfigError
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.checkpoint import checkpoint_folders, last_epoch_on_storage, load_checkpoint
+from edge_ray.distributed.cluster import check_request
 from edge_ray.distributed.worker import train_loop_per_worker
 from edge_ray.models import build_model
 
@@ -167,6 +168,8 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
     if not checked:
         check_inputs(cfg)
         check_resume(cfg)
+    resources = {"CPU": cfg.train.cpus_per_worker, "GPU": cfg.train.gpus_per_worker if cfg.train.use_gpu else 0}
+    check_request(resources, cfg.train.num_workers, "train")
     last = last_epoch_on_storage(run_dir(cfg))
     if last is not None:
         folder, epochs = last

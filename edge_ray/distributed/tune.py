@@ -121,6 +121,7 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
     else:
         cfg = trial_base(s)
         n = concurrency(s, cfg, ray.cluster_resources())
+        storage.makedirs(s.out)  # the default Optuna study (SQLite) lives there
         _check_fresh(s)
         storage.write_text(storage.join(s.out, "search.yaml"), yaml.safe_dump(s.to_dict(), sort_keys=False))
         t = cfg.train

@@ -64,7 +64,7 @@ def make_settings(config: str, space: str, trials: int, *, overrides=(), metric:
     name = name or f"{Path(config).stem}-{Path(space).stem}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
-    out_dir = storage.normalize(out or f"results/tune/{name}")
+    out_dir = storage_module.normalize(out or f"results/tune/{name}")
     metrics, modes = (metric,), (mode,)
     if multi_objective:
         if metric == "val_map":
