@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_ray.config import ConfigError, load_config
+from edge_ray.config import ConfigError, describe_recipe, load_config
 from edge_ray.distributed.cluster import ClusterError, connect
 
 
@@ -21,6 +21,7 @@ def cmd_train(args) -> int:
     where = connect(args.address)
     print(f"training {cfg.model.name} with {cfg.loss.method} on {cfg.train.num_workers} worker(s) "
           f"({'GPU' if cfg.train.use_gpu else 'CPU'}, Ray: {where}) -> {cfg.train.storage_path}/{cfg.train.run_name}")
+    print(f"  recipe: {describe_recipe(cfg)}", flush=True)
     summary = run_training(cfg)
     last = summary.history[-1] if summary.history else {}
     print(f"finished epoch {last.get('epoch')}/{cfg.train.epochs}: loss {last.get('loss', float('nan')):.4f}, "

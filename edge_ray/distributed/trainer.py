@@ -15,7 +15,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from edge_ray import engine
-from edge_ray.config import Config, ConfigError
+from edge_ray.config import Config, ConfigError, resolve_recipe
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.checkpoint import load_checkpoint
 from edge_ray.distributed.worker import train_loop_per_worker
@@ -75,6 +75,9 @@ def check_inputs(cfg: Config) -> dict:
 
 
 def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> TorchTrainer:
+    """The TorchTrainer of one run; its config (what the checkpoints record) has the
+    method's training recipe resolved, so a rerun compares what was actually trained."""
+    cfg = resolve_recipe(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -132,6 +135,7 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 def check_resume(cfg: Config) -> str | None:
     """The checkpoint a rerun would resume from, after checking it was trained with this
     config; a ConfigError naming the differences otherwise (local storage only)."""
+    cfg = resolve_recipe(cfg)
     folder = Path(run_dir(cfg))
     if "://" in str(cfg.train.storage_path) or not folder.is_dir():
         return None
@@ -152,6 +156,7 @@ def check_resume(cfg: Config) -> str | None:
 def run_training(cfg: Config) -> TrainSummary:
     """Fit the trainer (resuming if a checkpoint of the same run, with the same config,
     exists) and write summary.json."""
+    cfg = resolve_recipe(cfg)
     check_inputs(cfg)
     check_resume(cfg)
     result = build_trainer(cfg).fit()
