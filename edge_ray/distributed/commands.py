@@ -69,6 +69,11 @@ def add_rank_oe(sub, common) -> None:
     add_parser(sub, common)
 
 
+def add_compare(sub, common) -> None:
+    from edge_ray.distributed.compare import add_parser
+    add_parser(sub, common)
+
+
 def add_tune(sub, common) -> None:
     from edge_ray.distributed.tune import add_parser
     add_parser(sub, common)
@@ -81,7 +86,7 @@ def dispatch(args) -> int:
         return cmd_eval(args)
     if args.command == "shards":
         return cmd_shards(args)
-    return args.run(args)  # demo, rank-oe, tune set their own handler
+    return args.run(args)  # demo, rank-oe, tune, compare set their own handler
 
 
 def print_json(obj) -> None:
