@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from edge_ray.recipes import RECIPES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,7 +75,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
-    # optimizer / lr / weight_decay / schedule: unset (null) = the method's RECIPES entry
+    # optimizer / lr / weight_decay / schedule: unset (null) = the method's recipe (recipes.py)
     optimizer: str | None = None  # sgd | adam | adamw
     lr: float | None = None
     momentum: float = 0.9         # SGD only
@@ -118,51 +120,6 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-# The paper's recipes ("Implementation details"): "For trivial BCE models, we use the Adam",
-# every other method SGD with momentum 0.9 and weight decay 1e-4. The paper gives no lr or
-# schedule: BCE's Adam lr 1e-4 without weight decay is the multi-label OOD code its BCE
-# baselines come from (Wang et al. 2021, train.py); SGD's lr and the one-cycle schedule are
-# this project's defaults. A key set in YAML or as key=value always wins over its recipe.
-RECIPES = {"bce": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "onecycle"},
-           "*": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "schedule": "onecycle"}}
-
-
-def recipe_keys(train: "TrainConfig") -> list[str]:
-    """The train keys a run will take from its method's recipe (those left unset)."""
-    return [k for k in RECIPES["*"] if getattr(train, k) is None]
-
-
-def resolve_train(train: "TrainConfig", method: str) -> "TrainConfig":
-    """``train`` with every unset recipe key filled from ``RECIPES[method]`` (or ``"*"``).
-
-    Called when a run is built, not when a file is read: the demo and ``compare`` set
-    ``loss.method`` after loading, and the recipe must follow the method actually trained."""
-    recipe = RECIPES.get(method, RECIPES["*"])
-    return replace(train, **{k: recipe[k] for k in recipe_keys(train)})
-
-
-def resolve_recipe(cfg: "Config") -> "Config":
-    """``cfg`` with its training recipe resolved for ``cfg.loss.method`` (idempotent)."""
-    return replace(cfg, train=resolve_train(cfg.train, cfg.loss.method))
-
-
-def describe_recipe(cfg: "Config") -> str:
-    """One line for a run header: the optimiser and schedule this run trains with, and which
-    of them came from the method's recipe rather than the config."""
-    t = resolve_train(cfg.train, cfg.loss.method)
-    momentum = f", momentum {t.momentum:g}{' (Nesterov)' if t.nesterov else ''}" if t.optimizer == "sgd" else ""
-    line = f"{t.optimizer}, lr {t.lr:g}{momentum}, weight decay {t.weight_decay:g}, {t.schedule} schedule"
-    preset = recipe_keys(cfg.train)
-    return line + (f" ({', '.join(preset)}: the paper's recipe for {cfg.loss.method})" if preset else "")
-
-
-def recipe_record(cfg: "Config") -> dict:
-    """The resolved optimiser and schedule of a run, for results.json."""
-    t = resolve_train(cfg.train, cfg.loss.method)
-    return {"method": cfg.loss.method, "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum,
-            "nesterov": t.nesterov, "weight_decay": t.weight_decay, "schedule": t.schedule, "epochs": t.epochs}
 
 
 _SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig,
@@ -227,7 +184,7 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> Config:
         dotted = [f"{section}.{n}" for n in names]
         raise ConfigError(f"unknown config key {section}.{key}{_suggest(f'{section}.{key}', dotted)}")
     default = getattr(sub, key)
-    if section == "train" and key in RECIPES["*"]:  # may be unset: null keeps it so
+    if section == "train" and key in RECIPES["*"]:  # may be unset (null): the method's recipe
         if value is None:
             return replace(cfg, train=replace(sub, **{key: None}))
         default = RECIPES["*"][key]                  # coerce as the recipe's type

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from edge_ray import losses, validation
-from edge_ray.config import LossConfig, TrainConfig, resolve_train
+from edge_ray.config import LossConfig, TrainConfig
+from edge_ray.recipes import resolve_train
 
 USES_OE = {"edge": True, "oe": True, "hendrycks_oe": True, "energy_oe": True,
            "bce": False, "focal": False, "asl": False, "dbloss": False}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from edge_ray import engine
-from edge_ray.config import (ConfigError, TrainConfig, describe_recipe, load_config, recipe_record,
-                             resolve_recipe)
+from edge_ray.config import ConfigError, TrainConfig, load_config
+from edge_ray.recipes import describe_recipe, recipe_record, resolve_recipe
 from edge_ray.distributed.trainer import check_resume, run_dir
 from tests.conftest import ROOT
 

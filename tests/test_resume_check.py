@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_ray.config import ConfigError, from_dict, resolve_recipe
+from edge_ray.config import ConfigError, from_dict
+from edge_ray.recipes import resolve_recipe
 from edge_ray.distributed.trainer import check_resume, config_changes, run_dir
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_ray.config import ConfigError, describe_recipe, load_config
+from edge_ray.config import ConfigError, load_config
+from edge_ray.recipes import describe_recipe
 from edge_ray.distributed.cluster import ClusterError, connect
 
 

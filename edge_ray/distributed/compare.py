@@ -27,7 +27,8 @@ from pathlib import Path
 
 import ray
 
-from edge_ray.config import Config, ConfigError, apply_overrides, describe_recipe, load_config, recipe_record
+from edge_ray.config import Config, ConfigError, apply_overrides, load_config
+from edge_ray.recipes import describe_recipe, recipe_record
 from edge_ray.distributed.compare_runs import drive, edge_params_from_study, parse_methods, plan
 from edge_ray.distributed.trainer import check_inputs
 

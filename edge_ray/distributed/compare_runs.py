@@ -21,7 +21,8 @@ import yaml
 from tqdm import tqdm
 
 from edge_ray import engine
-from edge_ray.config import METHODS, Config, ConfigError, from_dict, recipe_record, resolve_recipe, validate
+from edge_ray.config import METHODS, Config, ConfigError, from_dict, validate
+from edge_ray.recipes import recipe_record, resolve_recipe
 from edge_ray.distributed.trainer import run_dir, run_training
 from edge_ray.distributed.tune_report import best_row, pareto_rows
 from edge_ray.distributed.tune_space import apply_params

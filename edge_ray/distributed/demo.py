@@ -14,7 +14,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from edge_ray.config import Config, describe_recipe, load_config, recipe_record
+from edge_ray.config import Config, load_config
+from edge_ray.recipes import describe_recipe, recipe_record
 
 # What each stage costs is set here so `--quick` and the default stay within their budgets
 # on 2 cores (README: about 1 and 5 minutes).

@@ -5,7 +5,8 @@ import ray
 import torch
 
 from edge_ray.checkpoint import load_checkpoint
-from edge_ray.config import Config, from_dict, recipe_record
+from edge_ray.config import Config, from_dict
+from edge_ray.recipes import recipe_record
 from edge_ray.evaluation import EvalOptions, evaluate, open_sets
 from edge_ray.models import build_model
 from edge_ray.report import write_results

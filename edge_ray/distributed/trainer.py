@@ -15,7 +15,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from edge_ray import engine
-from edge_ray.config import Config, ConfigError, resolve_recipe
+from edge_ray.config import Config, ConfigError
+from edge_ray.recipes import resolve_recipe
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.checkpoint import load_checkpoint
 from edge_ray.distributed.worker import train_loop_per_worker
