@@ -21,7 +21,7 @@ METHODS, SEEDS = ("bce", "edge"), (0, 1)
 def _argv(tiny_shards, out):
     # the paper recipes (Adam for BCE, SGD for EDGE) instead of the demo's one AdamW recipe
     return ["compare", "--data", str(tiny_shards), "--out", str(out), "--methods", *METHODS,
-            "--seeds", str(len(SEEDS)), "--cpus-per-run", "0.5", "--max-concurrent", "4",
+            "--seeds", str(len(SEEDS)), "--cpus-per-run", "0.5", "--max-concurrent", "2",
             "--scores", "jointenergy", "msp", "maxlogit",
             "train.epochs=1", "loss.tau=0", "data.loader_workers=0", "train.optimizer=null", "train.lr=null", "train.weight_decay=null"]
 
@@ -74,7 +74,8 @@ def test_results_json_has_tests_recipes_and_runs(study):
     out, _, _ = study
     payload = json.loads((out / "results.json").read_text())
     assert payload["methods"] == list(METHODS) and payload["seeds"] == list(SEEDS)
-    assert len(payload["runs"]) == 4 and payload["wall_seconds"] > 0
+    assert len(payload["runs"]) == 4 and payload["wall_seconds"] > 0 and not any(r["reused"] for r in payload["runs"])
+    assert payload["run_seconds"] == pytest.approx(sum(r["train_seconds"] + r["eval_seconds"] for r in payload["runs"]))
     tests = [t for t in payload["tests"] if t["score"] == "jointenergy"]
     assert len(tests) == 6 * 2 and all(t["baseline"] == "bce" and t["n"] == 2 for t in tests)
     assert all(t["verdict"] in ("better", "worse", "noise") and 0 <= t["p_holm"] <= 1 for t in tests)
@@ -101,6 +102,8 @@ def test_rerun_reuses_every_finished_run(study, tiny_shards, capsys):
     assert again < first / 2, (again, first)
     printed = capsys.readouterr().out
     assert "4 runs" in printed and "train " not in printed   # no run trained or evaluated again
+    assert "4 of 4 runs reused" in printed
+    assert all(r["reused"] for r in json.loads((out / "results.json").read_text())["runs"])
 
 
 def test_bad_inputs_are_one_line(tiny_shards, tmp_path, capsys):

@@ -170,7 +170,7 @@ def run(args) -> int:
     n_slots = slots(base, ray.cluster_resources(), args.max_concurrent, len(runs))
     _header(runs, methods, args.seeds, n_slots, out, edge_source)
     t = base.train
-    records = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
+    records, reused = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
                     eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0)
     done = [records[r.name] for r in runs]
     payload = {"command": "python launch.py " + " ".join(sys.argv[1:]), "methods": methods,
@@ -178,7 +178,8 @@ def run(args) -> int:
                "edge_params_source": edge_source,
                "recipes": {m: recipe_record(next(r.cfg for r in runs if r.method == m)) for m in methods},
                "runs": [{k: rec[k] for k in ("method", "seed", "name", "train_seconds", "eval_seconds", "last_epoch")}
-                        | {"results": str(r.results_path)} for r, rec in zip(runs, done)],
+                        | {"results": str(r.results_path), "reused": r.name in reused} for r, rec in zip(runs, done)],
+               "run_seconds": round(sum(rec["train_seconds"] + rec["eval_seconds"] for rec in done), 1),
                "summary": cells(done), "map": map_rows(done),
                "tests": paired_tests(done) if "edge" in methods else [],
                "wall_seconds": round(time.perf_counter() - start, 1),
@@ -191,6 +192,7 @@ def run(args) -> int:
     if payload["tests"]:
         print(f"\nEDGE - baseline, paired by seed ({headline_score}); verdict at Holm-adjusted p < 0.05")
         print(tests_table(payload["tests"], headline_score))
-    print(f"\nfinished in {payload['wall_seconds']:.0f}s. results: {paths['json']}, {paths['markdown']}, "
+    print(f"\nfinished in {payload['wall_seconds']:.0f}s ({len(reused)} of {len(runs)} runs reused; "
+          f"{payload['run_seconds']:.0f}s of training and evaluation in all runs). results: {paths['json']}, {paths['markdown']}, "
           f"{paths['csv']}, {', '.join(str(p) for p in paths['plots'])}")
     return 0

@@ -150,10 +150,12 @@ def _done_line(k: int, total: int, rec: dict, eta: str) -> str:
             f"{rec['eval_seconds']:.0f}s, test mAP {100 * rec['result']['map']:.1f}%{fpr}; ETA {eta}")
 
 
-def drive(runs: list[Run], scores: list, *, slots: int, eval_cpus: float, eval_gpus: float) -> dict:
-    """Run what is not finished, ``slots`` at a time; return ``{run name: record}``.
-    Progress: a bar of runs done / total and one line per finished run with the ETA."""
+def drive(runs: list[Run], scores: list, *, slots: int, eval_cpus: float, eval_gpus: float) -> tuple[dict, set]:
+    """Run what is not finished, ``slots`` at a time; return ``{run name: record}`` and the
+    names of the runs reused from disk. Progress: a bar of runs done / total and one line
+    per finished run with the ETA."""
     records = {r.name: rec for r in runs if (rec := load_finished(r, scores)) is not None}
+    reused = set(records)
     todo = [r for r in runs if r.name not in records]
     pending, failed, start = {}, [], time.perf_counter()
     with tqdm(total=len(runs), initial=len(records), unit="run", desc="runs", mininterval=5) as bar:
@@ -178,7 +180,7 @@ def drive(runs: list[Run], scores: list, *, slots: int, eval_cpus: float, eval_g
     if failed:
         raise ValueError(f"{len(failed)} of {len(runs)} runs failed ({'; '.join(failed[:3])}); rerun the same "
                          "command to retry them, finished runs are reused")
-    return records
+    return records, reused
 
 
 def _cell(value: str):
