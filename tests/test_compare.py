@@ -12,6 +12,7 @@ from PIL import Image
 
 import launch
 from edge_ray.study_report import pm
+from tests.conftest import tiny_overrides
 from tests.test_eval_cli import one_line_error
 
 pytestmark = pytest.mark.slow
@@ -113,3 +114,7 @@ def test_bad_inputs_are_one_line(tiny_shards, tmp_path, capsys):
     one_line_error(capsys, base + ["--oe", "oe_nothing"], "choose one of oe_china, oe_digit7")
     one_line_error(capsys, base + ["--edge-from-study", str(tmp_path / "none")], "no search.yaml and trials.csv")
     one_line_error(capsys, base + ["--seeds", "0"], "--seeds must be >= 1")
+    one_line_error(capsys, base + ["--config", "configs/tiny.yaml"], "--data choose the embedded benchmark")
+    no_oe = tiny_overrides(tiny_shards, tmp_path, **{"data.oe": ""})
+    one_line_error(capsys, ["compare", "--config", "configs/tiny.yaml", "--out", str(tmp_path), *no_oe,
+                            "--methods", "bce", "oe"], "loss.method=oe needs outliers")

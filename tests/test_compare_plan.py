@@ -84,3 +84,15 @@ def test_slots_from_cluster_resources(tmp_path):
     assert slots(gpu, {"CPU": 32.0, "GPU": 2.0}, 0, 20) == 8
     with pytest.raises(ConfigError, match="needs 1 GPU but the Ray cluster has 0"):
         slots(_base(tmp_path, "train.use_gpu=true"), {"CPU": 8.0}, 0, 4)
+
+
+def test_gpu_fractions_need_one_worker(tmp_path):
+    from edge_ray.distributed.compare import _resources
+
+    cfg = _base(tmp_path, "train.num_workers=4")
+    assert _resources(cfg, 2.0, None).train.cpus_per_worker == 0.5
+    assert _resources(cfg, None, 4).train.gpus_per_worker == 1.0
+    with pytest.raises(ConfigError, match="needs train.num_workers=1"):
+        _resources(cfg, None, 0.5)
+    one = _resources(_base(tmp_path, "train.num_workers=1"), None, 0.5).train
+    assert one.use_gpu and one.gpus_per_worker == 0.5

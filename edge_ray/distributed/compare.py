@@ -35,9 +35,11 @@ from edge_ray.distributed.trainer import check_inputs
 EPILOG = """examples:
   python launch.py compare --methods bce oe energyoe edge --seeds 5     # the README's study
   python launch.py compare --quick --methods oe edge --seeds 2          # a few minutes on 2 cores
+  # EDGE's values from the best Pareto trial of a finished `launch.py tune ... --multi-objective --name demo-search`:
   python launch.py compare --methods oe edge --seeds 5 --edge-from-study results/tune/demo-search
+  # on a GPU cluster with the VOC shards (configs/voc.yaml), one Train worker per run, two runs per GPU:
   python launch.py compare --config configs/voc.yaml --methods bce oe edge --seeds 3 --gpus-per-run 0.5 \\
-      --out /mnt/shared/compare/voc
+      train.num_workers=1 --out /mnt/shared/compare/voc
 
 Running it again with a larger --seeds trains only the new seeds."""
 
@@ -51,11 +53,12 @@ def add_parser(sub, common) -> None:
     p.add_argument("--methods", nargs="+", default=["bce", "oe", "energyoe", "edge"],
                    help=f"training methods (loss.method; energyoe = energy_oe), default: {' '.join(NAMES)}")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per method (default 5)")
-    p.add_argument("--out", default=None, help="output folder (default results/compare, or results/compare-quick)")
+    p.add_argument("--out", default=None, help="output folder, the runs included (default results/compare or "
+                   "results/compare-quick; on several nodes a shared folder, e.g. NFS)")
     p.add_argument("--data", default=None, help="embedded-benchmark shards (default data/demo or data/demo-quick; "
                    "built there when missing)")
     p.add_argument("--quick", action="store_true", help="the quick benchmark and 4 epochs (a smoke study)")
-    p.add_argument("--oe", default="oe_letters", help="OE set of the embedded benchmark (default oe_letters)")
+    p.add_argument("--oe", default=None, help="OE set of the embedded benchmark (default oe_letters)")
     p.add_argument("--config", default=None, help="a training config to compare on instead of the embedded benchmark")
     p.add_argument("--edge-from-study", default=None, metavar="TUNE_OUT",
                    help="take EDGE's tuned values from a `launch.py tune` output folder (best Pareto trial)")
@@ -80,12 +83,20 @@ def _resources(cfg: Config, cpus: float | None, gpus: float | None) -> Config:
         if gpus < 0:
             raise ConfigError(f"--gpus-per-run must be >= 0 (0 = CPU only), got {gpus}")
         over += [f"train.use_gpu={str(gpus > 0).lower()}", f"train.gpus_per_worker={gpus / workers}"]
-    return apply_overrides(cfg, over)
+    cfg = apply_overrides(cfg, over)
+    if cfg.train.use_gpu and cfg.train.num_workers > 1 and cfg.train.gpus_per_worker < 1:
+        raise ConfigError("a fraction of a GPU per worker needs train.num_workers=1 (NCCL cannot put two "
+                          "ranks of one run on the same GPU); raise --gpus-per-run or add train.num_workers=1")
+    return cfg
 
 
 def base_config(args, out: Path) -> tuple[Config, str]:
     """The config every run starts from and the OE set's path, runs stored under OUT/runs."""
     if args.config:
+        given = [flag for flag, v in (("--data", args.data), ("--oe", args.oe), ("--quick", args.quick)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} choose the embedded benchmark; with --config the data "
+                              "come from the config (set data.oe there, or override it: data.oe=DIR)")
         cfg = load_config(args.config, args.overrides)
         oe = cfg.data.oe
     else:
@@ -98,10 +109,11 @@ def base_config(args, out: Path) -> tuple[Config, str]:
             print(f"building the embedded benchmark in {data}", flush=True)
             build_demo(data, seed=0, progress=True, **preset["sizes"])
         cfg = apply_overrides(demo_config(data, out, preset, seed=0), args.overrides)
-        oe = str(data / args.oe)
-        if not (data / args.oe / "index.json").is_file():
+        name = args.oe or "oe_letters"
+        oe = str(data / name)
+        if not (data / name / "index.json").is_file():
             have = sorted(p.name for p in data.glob("oe_*") if p.is_dir())
-            raise ConfigError(f"--oe {args.oe}: no such set in {data}; choose one of {', '.join(have)}")
+            raise ConfigError(f"--oe {name}: no such set in {data}; choose one of {', '.join(have)}")
     if not (cfg.data.id_test and cfg.data.ood):
         raise ConfigError("compare evaluates every run: set data.id_test and data.ood in the config")
     cfg = replace(cfg, train=replace(cfg.train, storage_path=str(out / "runs")))
@@ -147,12 +159,44 @@ def _gather_overrides(args) -> None:
         setattr(args, attr, [w for w in words if "=" not in w] or (None if attr == "scores" else []))
 
 
+def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start) -> dict:
+    """Everything results.json keeps: the setup, each run, the statistics, the machine."""
+    from edge_ray.study import cells, map_rows, paired_tests
+
+    done = [records[r.name] for r in runs]
+    keep = ("method", "seed", "name", "train_seconds", "eval_seconds", "last_epoch")
+    return {"command": "python launch.py " + " ".join(sys.argv[1:]), "methods": methods,
+            "seeds": list(range(args.seeds)), "scores": scores, "oe": oe, "edge_params": edge_params,
+            "edge_params_source": edge_source,
+            "recipes": {m: recipe_record(next(r.cfg for r in runs if r.method == m)) for m in methods},
+            "runs": [{k: rec[k] for k in keep} | {"results": str(r.results_path), "reused": r.name in reused}
+                     for r, rec in zip(runs, done)],
+            "run_seconds": round(sum(rec["train_seconds"] + rec["eval_seconds"] for rec in done), 1),
+            "summary": cells(done), "map": map_rows(done),
+            "tests": paired_tests(done) if "edge" in methods else [],
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "ray": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}}
+
+
+def _report(payload: dict, score: str, paths: dict, n_reused: int) -> None:
+    from edge_ray.study_report import headline, tests_table
+
+    print(f"\n{score}: FPR95 (%) mean ± std over {len(payload['seeds'])} seeds, all ID test images")
+    print(headline(payload["summary"], payload["map"], score, "fpr95"))
+    if payload["tests"]:
+        print(f"\nEDGE - baseline, paired by seed ({score}); verdict at Holm-adjusted p < 0.05")
+        print(tests_table(payload["tests"], score))
+    print(f"\nfinished in {payload['wall_seconds']:.0f}s ({n_reused} of {len(payload['runs'])} runs reused; "
+          f"{payload['run_seconds']:.0f}s of training and evaluation in all runs). results: {paths['json']}, "
+          f"{paths['markdown']}, {paths['csv']}, {', '.join(str(p) for p in paths['plots'])}")
+
+
 def run(args) -> int:
     from edge_ray.distributed.cluster import connect
     from edge_ray.evaluation import check_score_names
     from edge_ray.scores import SCORES
-    from edge_ray.study import cells, map_rows, paired_tests
-    from edge_ray.study_report import headline, tests_table, write_study
+    from edge_ray.study_report import write_study
 
     start = time.perf_counter()
     _gather_overrides(args)
@@ -171,28 +215,8 @@ def run(args) -> int:
     _header(runs, methods, args.seeds, n_slots, out, edge_source)
     t = base.train
     records, reused = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
-                    eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0)
-    done = [records[r.name] for r in runs]
-    payload = {"command": "python launch.py " + " ".join(sys.argv[1:]), "methods": methods,
-               "seeds": list(range(args.seeds)), "scores": scores, "oe": oe, "edge_params": edge_params,
-               "edge_params_source": edge_source,
-               "recipes": {m: recipe_record(next(r.cfg for r in runs if r.method == m)) for m in methods},
-               "runs": [{k: rec[k] for k in ("method", "seed", "name", "train_seconds", "eval_seconds", "last_epoch")}
-                        | {"results": str(r.results_path), "reused": r.name in reused} for r, rec in zip(runs, done)],
-               "run_seconds": round(sum(rec["train_seconds"] + rec["eval_seconds"] for rec in done), 1),
-               "summary": cells(done), "map": map_rows(done),
-               "tests": paired_tests(done) if "edge" in methods else [],
-               "wall_seconds": round(time.perf_counter() - start, 1),
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "ray": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}}
-    headline_score = "jointenergy" if "jointenergy" in scores else scores[0]
-    paths = write_study(out, payload, (headline_score,))
-    print(f"\n{headline_score}: FPR95 (%) mean ± std over {args.seeds} seeds, all ID test images")
-    print(headline(payload["summary"], payload["map"], headline_score, "fpr95"))
-    if payload["tests"]:
-        print(f"\nEDGE - baseline, paired by seed ({headline_score}); verdict at Holm-adjusted p < 0.05")
-        print(tests_table(payload["tests"], headline_score))
-    print(f"\nfinished in {payload['wall_seconds']:.0f}s ({len(reused)} of {len(runs)} runs reused; "
-          f"{payload['run_seconds']:.0f}s of training and evaluation in all runs). results: {paths['json']}, {paths['markdown']}, "
-          f"{paths['csv']}, {', '.join(str(p) for p in paths['plots'])}")
+                            eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0)
+    payload = _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start)
+    score = "jointenergy" if "jointenergy" in scores else scores[0]
+    _report(payload, score, write_study(out, payload, (score,)), len(reused))
     return 0
