@@ -174,6 +174,30 @@ def paired_tests(runs: list[dict], reference: str = "edge", metrics=TESTED) -> l
     return rows
 
 
+def paired_map_tests(runs: list[dict], reference: str = "edge") -> list[dict]:
+    """ID test mAP, ``reference`` - each baseline, paired by seed (one test per baseline; a
+    family of its own, so Holm over the baselines)."""
+    groups = _by_method(runs)
+    if reference not in groups:
+        return []
+    ref = {r["seed"]: r["result"]["map"] for r in groups[reference]}
+    rows = []
+    for baseline, rs in groups.items():
+        base = {r["seed"]: r["result"]["map"] for r in rs}
+        seeds = sorted(set(ref) & set(base))
+        if baseline == reference or not seeds:
+            continue
+        d = [ref[s] - base[s] for s in seeds]
+        t = paired_t(d)
+        rows.append({"reference": reference, "baseline": baseline, "metric": "map", "seeds": seeds, "diffs": d,
+                     "n": t["n"], "mean_diff": t["mean"], "sd_diff": t["sd"], "t": t["t"], "ci95": t["ci95"],
+                     "p": t["p"], "p_wilcoxon": wilcoxon_p(d)})
+    for r, p_adj in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = p_adj
+        r["verdict"] = _verdict("map", r["mean_diff"], p_adj)
+    return rows
+
+
 def verdict_counts(tests: list[dict], score: str) -> dict:
     """``{baseline: {"better": n, "worse": n, "noise": n}}`` for one score's tests."""
     out: dict = {}

@@ -90,6 +90,16 @@ def tests_table(tests: list[dict], score: str) -> str:
     return "\n".join(lines)
 
 
+def map_tests_table(tests: list[dict]) -> str:
+    """EDGE - baseline in ID test mAP, paired by seed."""
+    lines = ["| EDGE vs | n | ΔmAP [95% CI] | p | p Holm | EDGE lower in | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in tests:
+        lower = sum(d < 0 for d in r["diffs"])
+        lines.append(f"| {NAMES.get(r['baseline'], r['baseline'])} | {r['n']} | {_delta(r)} | {_p(r['p'])} | "
+                     f"{_p(r['p_holm'])} | {lower} of {r['n']} seeds | {r['verdict']} |")
+    return "\n".join(lines)
+
+
 def full_table(cells: list[dict], part: str = "all") -> str:
     """Every method x score, FPR95 / AUROC / AUPR per OOD set, ``mean ± std`` in %."""
     rows = [c for c in cells if c["part"] == part]
@@ -161,6 +171,9 @@ def markdown(payload: dict, headline_scores) -> str:
         if s["tests"]:
             parts += [f"## EDGE against each baseline, {score} (Δ in points: EDGE − baseline)", "",
                       tests_table(s["tests"], score), ""]
+    if s.get("map_tests"):
+        parts += ["## EDGE against each baseline, ID test mAP (Δ in points; Holm over the baselines)", "",
+                  map_tests_table(s["map_tests"]), ""]
     parts += ["## Every score, all ID test images", "", full_table(s["summary"]), "",
               "## Every score, tail-only ID test images", "", full_table(s["summary"], "tail"), ""]
     return "\n".join(parts)

@@ -148,7 +148,8 @@ def test_paired_tests_find_a_real_effect_and_not_a_null_one():
 def test_report_tables_show_the_rows(tmp_path):
     runs = fake_runs(np.random.default_rng(5), shift=-0.1)
     payload = {"methods": ["bce", "oe", "edge"], "seeds": [0, 1, 2, 3, 4], "runs": runs,
-               "summary": study.cells(runs), "map": study.map_rows(runs), "tests": study.paired_tests(runs)}
+               "summary": study.cells(runs), "map": study.map_rows(runs), "tests": study.paired_tests(runs),
+               "map_tests": study.paired_map_tests(runs)}
     paths = study_report.write_study(tmp_path, payload)
     md = paths["markdown"].read_text()
     edge = next(c for c in payload["summary"] if c["method"] == "edge" and c["score"] == "jointenergy"
@@ -156,6 +157,7 @@ def test_report_tables_show_the_rows(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| EDGE |"))
     assert f"{100 * edge['mean']:.1f} ± {100 * edge['std']:.1f}" in row
     assert "| OE | a | 5 |" in md and "better / " in md
+    assert "ID test mAP" in md and "| BCE | 5 | " in md and " of 5 seeds |" in md
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(payload["summary"]) + 3
@@ -165,3 +167,17 @@ def test_report_tables_show_the_rows(tmp_path):
     from PIL import Image
     with Image.open(paths["plots"][0]) as im:
         im.verify()
+
+
+def test_paired_map_tests_match_scipy_and_holm():
+    runs = fake_runs(np.random.default_rng(6))
+    rows = study.paired_map_tests(runs)
+    assert [r["baseline"] for r in rows] == ["bce", "oe"]
+    maps = {(r["method"], r["seed"]): r["result"]["map"] for r in runs}
+    for row in rows:
+        a = [maps[("edge", s)] for s in row["seeds"]]
+        b = [maps[(row["baseline"], s)] for s in row["seeds"]]
+        assert row["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+        assert row["mean_diff"] == pytest.approx(statistics.fmean(x - y for x, y in zip(a, b)))
+    assert [r["p_holm"] for r in rows] == pytest.approx(study.holm([r["p"] for r in rows]))
+    assert study.paired_map_tests(fake_runs(np.random.default_rng(7), methods=("bce", "oe"))) == []

@@ -161,7 +161,7 @@ def _gather_overrides(args) -> None:
 
 def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start) -> dict:
     """Everything results.json keeps: the setup, each run, the statistics, the machine."""
-    from edge_ray.study import cells, map_rows, paired_tests
+    from edge_ray.study import cells, map_rows, paired_map_tests, paired_tests
 
     done = [records[r.name] for r in runs]
     keep = ("method", "seed", "name", "train_seconds", "eval_seconds", "last_epoch")
@@ -174,19 +174,21 @@ def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge
             "run_seconds": round(sum(rec["train_seconds"] + rec["eval_seconds"] for rec in done), 1),
             "summary": cells(done), "map": map_rows(done),
             "tests": paired_tests(done) if "edge" in methods else [],
+            "map_tests": paired_map_tests(done) if "edge" in methods else [],
             "wall_seconds": round(time.perf_counter() - start, 1),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "ray": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}}
 
 
 def _report(payload: dict, score: str, paths: dict, n_reused: int) -> None:
-    from edge_ray.study_report import headline, tests_table
+    from edge_ray.study_report import headline, map_tests_table, tests_table
 
     print(f"\n{score}: FPR95 (%) mean ± std over {len(payload['seeds'])} seeds, all ID test images")
     print(headline(payload["summary"], payload["map"], score, "fpr95"))
     if payload["tests"]:
         print(f"\nEDGE - baseline, paired by seed ({score}); verdict at Holm-adjusted p < 0.05")
         print(tests_table(payload["tests"], score))
+        print(f"\nEDGE - baseline in ID test mAP, paired by seed\n{map_tests_table(payload['map_tests'])}")
     print(f"\nfinished in {payload['wall_seconds']:.0f}s ({n_reused} of {len(payload['runs'])} runs reused; "
           f"{payload['run_seconds']:.0f}s of training and evaluation in all runs). results: {paths['json']}, "
           f"{paths['markdown']}, {paths['csv']}, {', '.join(str(p) for p in paths['plots'])}")
