@@ -7,6 +7,7 @@
     python launch.py eval --checkpoint runs/tiny/checkpoint_... --scores jointenergy maxlogit
     python launch.py rank-oe --id data/demo/id_train --candidates data/demo/oe_*
     python launch.py tune --config configs/tiny.yaml --space tuning/paper_grid.yaml --trials 8
+    python launch.py compare --methods bce oe energyoe edge --seeds 5   # mean ± std, paired tests
 
 Every command connects to --address / RAY_ADDRESS when given (as inside `ray job submit`)
 and starts a local Ray otherwise. Errors are one line with the fix; --debug shows tracebacks.
@@ -20,7 +21,7 @@ import sys
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-COMMANDS = ("demo", "shards", "rank-oe", "train", "tune", "eval")
+COMMANDS = ("demo", "shards", "rank-oe", "train", "tune", "compare", "eval")
 
 
 class Parser(argparse.ArgumentParser):
@@ -83,6 +84,7 @@ def build_parser() -> Parser:
     commands.add_rank_oe(sub, _common)
     _add_train(sub)
     commands.add_tune(sub, _common)
+    commands.add_compare(sub, _common)
     _add_eval(sub)
     return parser
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from edge_ray import storage
+from edge_ray.recipes import RECIPES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,12 +76,13 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
-    optimizer: str = "sgd"        # sgd | adam | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    # optimizer / lr / weight_decay / schedule: unset (null) = the method's recipe (recipes.py)
+    optimizer: str | None = None  # sgd | adam | adamw
+    lr: float | None = None
+    momentum: float = 0.9         # SGD only
+    weight_decay: float | None = None
     nesterov: bool = False
-    schedule: str = "onecycle"    # onecycle | cosine | constant
+    schedule: str | None = None   # onecycle | cosine | constant
     separate_forward: bool = False
     seed: int = 0
     num_workers: int = 1          # Ray Train workers (DDP ranks)
@@ -183,7 +185,12 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> Config:
     if key not in names:
         dotted = [f"{section}.{n}" for n in names]
         raise ConfigError(f"unknown config key {section}.{key}{_suggest(f'{section}.{key}', dotted)}")
-    value = _coerce(section, key, value, getattr(sub, key))
+    default = getattr(sub, key)
+    if section == "train" and key in RECIPES["*"]:  # may be unset (null): the method's recipe
+        if value is None:
+            return replace(cfg, train=replace(sub, **{key: None}))
+        default = RECIPES["*"][key]                  # coerce as the recipe's type
+    value = _coerce(section, key, value, default)
     return replace(cfg, **{section: replace(sub, **{key: value})})
 
 
@@ -281,8 +288,9 @@ def _name_checks(cfg: Config) -> list:
 
     checks = [_choice(cfg.loss.method, "loss.method", METHODS),
               _choice(cfg.loss.gap, "loss.gap", ("mean", "pairwise")),
-              _choice(cfg.train.optimizer, "train.optimizer", ("sgd", "adam", "adamw")),
-              _choice(cfg.train.schedule, "train.schedule", ("onecycle", "cosine", "constant")),
+              # unset (None): the method's recipe (recipes.py)
+              cfg.train.optimizer and _choice(cfg.train.optimizer, "train.optimizer", ("sgd", "adam", "adamw")),
+              cfg.train.schedule and _choice(cfg.train.schedule, "train.schedule", ("onecycle", "cosine", "constant")),
               _choice(cfg.train.placement, "train.placement", PLACEMENTS),
               _choice(cfg.model.name, "model.name", BACKBONES),
               _choice(cfg.model.compile_mode, "model.compile_mode", COMPILE_MODES),
@@ -305,8 +313,8 @@ def _range_checks(cfg: Config) -> list:
         (lo.m >= 0, f"loss.m (the energy margin) must be >= 0, got {lo.m}"),
         (lo.tau >= 0, f"loss.tau must be >= 0, got {lo.tau}"),
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
-        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
-        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (t.lr is None or t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.weight_decay is None or t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (0 <= t.momentum < 1, f"train.momentum must lie in [0, 1), got {t.momentum}"),
         (t.num_workers >= 1, f"train.num_workers must be >= 1, got {t.num_workers}"),
         (t.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {t.cpus_per_worker}"),

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from edge_ray import losses, validation
 from edge_ray.config import LossConfig, TrainConfig
+from edge_ray.recipes import resolve_train
 
 USES_OE = {"edge": True, "oe": True, "hendrycks_oe": True, "energy_oe": True,
            "bce": False, "focal": False, "asl": False, "dbloss": False}
@@ -54,8 +55,10 @@ def make_loss_fn(cfg: LossConfig, *, class_freq=None, num_train: int | None = No
     return fn
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay, optional Nesterov; the paper) or Adam/AdamW."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, method: str = "") -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay, optional Nesterov; the paper) or Adam/AdamW. Keys left
+    unset take ``method``'s recipe (config.RECIPES; no method: the SGD one)."""
+    cfg = resolve_train(cfg, method)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -64,8 +67,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step schedule sized from the reader's fixed steps per epoch."""
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, method: str = ""):
+    """Per-step schedule sized from the reader's fixed steps per epoch (unset keys: as
+    ``make_optimizer``)."""
+    cfg = resolve_train(cfg, method)
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)

@@ -28,6 +28,8 @@ def test_eval_writes_every_output(tiny_checkpoint, tiny_shards, tmp_path):
             m = res["scores"][score][name]
             assert 0 <= m["fpr95"] <= 1 and 0 <= m["auroc"] <= 1 and m["curve"][0]["removed"] == 0
     assert 0 < res["map"] <= 1 and res["num_id_test"] == 160
+    assert res["recipe"] == {"method": "edge", "optimizer": "adamw", "lr": 0.003, "momentum": 0.9,
+                             "nesterov": False, "weight_decay": 0.0001, "schedule": "onecycle", "epochs": 2}
     table = (out / "table.md").read_text()
     for score in ALL:
         assert f"| edge | {score} |" in table

@@ -5,6 +5,7 @@ import json
 
 from edge_ray import storage
 from edge_ray.config import ConfigError, load_config
+from edge_ray.recipes import describe_recipe
 from edge_ray.distributed.cluster import ClusterError, connect
 
 
@@ -49,13 +50,15 @@ def resume_hint(args) -> str:
         return f"training {run} stopped; {done} with: {again(argv)}"
     if args.command == "demo":
         return f"the shards and the finished trainings are kept and reused; continue with: {again(argv)}"
+    if args.command == "compare":
+        return f"finished runs are kept and reused, unfinished ones resume; continue with: {again(argv)}"
     if args.command == "shards":
         return (f"the set in {args.out} is incomplete (index.json is written last, so no reader will open "
                 f"it); convert again with: {again(argv, ('--overwrite',) if args.shards_kind != 'demo' else ())}")
     return f"nothing was written (results are written at the end); run it again with: {again(argv)}"
 
 
-INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards"}
+INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards", "compare"}
 
 
 def cmd_train(args) -> int:
@@ -68,6 +71,7 @@ def cmd_train(args) -> int:
     where = connect(args.address)
     print(f"training {cfg.model.name} with {cfg.loss.method} on {cfg.train.num_workers} worker(s) "
           f"({'GPU' if cfg.train.use_gpu else 'CPU'}, Ray: {where}) -> {cfg.train.storage_path}/{cfg.train.run_name}")
+    print(f"  recipe: {describe_recipe(cfg)}", flush=True)
     summary = run_training(cfg, checked=True)
     last = summary.history[-1] if summary.history else {}
     print(f"finished epoch {last.get('epoch')}/{cfg.train.epochs}: loss {last.get('loss', float('nan')):.4f}, "
@@ -119,6 +123,11 @@ def add_rank_oe(sub, common) -> None:
     add_parser(sub, common)
 
 
+def add_compare(sub, common) -> None:
+    from edge_ray.distributed.compare import add_parser
+    add_parser(sub, common)
+
+
 def add_tune(sub, common) -> None:
     from edge_ray.distributed.tune import add_parser
     add_parser(sub, common)
@@ -131,7 +140,7 @@ def dispatch(args) -> int:
         return cmd_eval(args)
     if args.command == "shards":
         return cmd_shards(args)
-    return args.run(args)  # demo, rank-oe, tune set their own handler
+    return args.run(args)  # demo, rank-oe, tune, compare set their own handler
 
 
 def print_json(obj) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_ray import storage
 from edge_ray.config import Config, load_config
+from edge_ray.recipes import describe_recipe, recipe_record
 
 # What each stage costs is set here so `--quick` and the default stay within their budgets
 # on 2 cores (README: about 1 and 5 minutes).
@@ -96,7 +97,8 @@ def train(cfg: Config, method: str, oe: str | None, step: str, tag: str) -> str:
                   data=replace(cfg.data, oe=oe or ""),
                   train=replace(cfg.train, run_name=f"demo-{tag}-{method}"))
     t = time.perf_counter()
-    print(f"{step} training {method} ({cfg.train.epochs} epochs{', OE: ' + storage.basename(oe) if oe else ''})", flush=True)
+    print(f"{step} training {method} ({cfg.train.epochs} epochs{', OE: ' + storage.basename(oe) if oe else ''})\n"
+          f"      recipe: {describe_recipe(cfg)}", flush=True)
     summary = run_training(cfg)
     last = summary.history[-1]
     extra = f", gap active {last['gap_active']:.2f}" if method == "edge" and "gap_active" in last else ""
@@ -160,9 +162,10 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     opts = eval_options(cfg)
     results = {}
     for method, ckpt in checkpoints.items():
-        model, _, _ = load_trained(ckpt)
+        model, cfg_of_run, _ = load_trained(ckpt)
         scores = BCE_SCORES if method == "bce" else OE_SCORES
         results[method] = evaluate(model, sets, scores, opts, training=method)
+        results[method]["recipe"] = recipe_record(cfg_of_run)
     return results
 
 

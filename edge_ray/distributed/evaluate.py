@@ -6,6 +6,7 @@ import torch
 
 from edge_ray.checkpoint import load_checkpoint
 from edge_ray.config import Config, from_dict
+from edge_ray.recipes import recipe_record
 from edge_ray.evaluation import EvalOptions, evaluate, open_sets
 from edge_ray.models import build_model
 from edge_ray.report import write_results
@@ -37,6 +38,7 @@ def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, scores, id_train=N
         raise ValueError(f"the checkpoint has {model.num_classes} classes but {sets.id_train.dir} "
                          f"lists {sets.id_train.num_classes}; evaluate with the ID sets it was trained on")
     result = evaluate(model, sets, scores, eval_options(cfg, device), training=training)
+    result["recipe"] = recipe_record(cfg)
     paths = write_results({training: result}, out_dir)
     return {"result": {k: v for k, v in result.items() if not k.startswith("_")},
             "paths": {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}}

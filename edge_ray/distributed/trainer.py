@@ -14,6 +14,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from edge_ray import engine, storage
 from edge_ray.config import Config, ConfigError
+from edge_ray.recipes import resolve_recipe
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.checkpoint import checkpoint_folders, last_epoch_on_storage, load_checkpoint
 from edge_ray.distributed.cluster import check_request
@@ -83,6 +84,9 @@ def check_inputs(cfg: Config) -> dict:
 
 
 def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> TorchTrainer:
+    """The TorchTrainer of one run; its config (what the checkpoints record) has the
+    method's training recipe resolved, so a rerun compares what was actually trained."""
+    cfg = resolve_recipe(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -146,6 +150,7 @@ def list_checkpoints(folder: str) -> list[str]:
 def check_resume(cfg: Config) -> str | None:
     """The checkpoint a rerun would resume from, after checking it was trained with this
     config; a ConfigError naming the differences otherwise."""
+    cfg = resolve_recipe(cfg)
     folder = run_dir(cfg)
     checkpoints = list_checkpoints(folder)
     if not checkpoints:
@@ -165,6 +170,7 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
     """Fit the trainer (resuming if a checkpoint of the same run, with the same config,
     exists) and write summary.json. ``checked``: the caller already ran ``check_inputs``
     and ``check_resume`` (the CLI does, before it starts Ray)."""
+    cfg = resolve_recipe(cfg)
     if not checked:
         check_inputs(cfg)
         check_resume(cfg)

@@ -159,8 +159,8 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             prefetch_to_device=on_gpu)
 
     steps = len(loader_for(0))
-    opt = engine.make_optimizer(model, cfg.train)
-    sched = engine.make_scheduler(opt, cfg.train, steps)
+    opt = engine.make_optimizer(model, cfg.train, cfg.loss.method)
+    sched = engine.make_scheduler(opt, cfg.train, steps, cfg.loss.method)
     loss_fn = engine.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples)
     opts = engine.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
                               channels_last=cfg.model.channels_last,

@@ -1,0 +1,56 @@
+"""The training recipe of each method: optimiser, learning rate, weight decay, schedule.
+
+The paper ("Implementation details"): "For trivial BCE models, we use the Adam"; every other
+method uses SGD with momentum 0.9 and weight decay 1e-4. It gives no learning rate or
+schedule: BCE's Adam lr 1e-4 without weight decay is the multi-label OOD code its BCE
+baselines come from (Wang et al. 2021, ``train.py``); SGD's lr 0.01 and the one-cycle
+schedule are this project's defaults.
+
+``train.optimizer``, ``train.lr``, ``train.weight_decay`` and ``train.schedule`` default to
+unset (None). A run fills the unset ones from its method's recipe when it is built
+(``resolve_recipe``), not when a file is read: the demo and ``compare`` set ``loss.method``
+after loading, and the recipe must follow the method actually trained. A value set in YAML
+or as key=value always wins. Checkpoints record the resolved values, so a rerun's resume
+check compares what was trained.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+RECIPES = {"bce": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "onecycle"},
+           "*": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "schedule": "onecycle"}}
+KEYS = tuple(RECIPES["*"])
+
+
+def recipe_keys(train) -> list[str]:
+    """The train keys a run will take from its method's recipe (those left unset)."""
+    return [k for k in KEYS if getattr(train, k) is None]
+
+
+def resolve_train(train, method: str):
+    """``train`` (a TrainConfig) with every unset key filled from ``RECIPES[method]``
+    (or ``"*"``, also when ``method`` is empty)."""
+    recipe = RECIPES.get(method, RECIPES["*"])
+    return replace(train, **{k: recipe[k] for k in recipe_keys(train)})
+
+
+def resolve_recipe(cfg):
+    """``cfg`` (a Config) with its training recipe resolved for ``cfg.loss.method``; idempotent."""
+    return replace(cfg, train=resolve_train(cfg.train, cfg.loss.method))
+
+
+def describe_recipe(cfg) -> str:
+    """One line for a run header: the optimiser and schedule this run trains with, and which
+    of them came from the method's recipe rather than the config."""
+    t = resolve_train(cfg.train, cfg.loss.method)
+    momentum = f", momentum {t.momentum:g}{' (Nesterov)' if t.nesterov else ''}" if t.optimizer == "sgd" else ""
+    line = f"{t.optimizer}, lr {t.lr:g}{momentum}, weight decay {t.weight_decay:g}, {t.schedule} schedule"
+    preset = recipe_keys(cfg.train)
+    return line + (f" ({', '.join(preset)}: the paper's recipe for {cfg.loss.method})" if preset else "")
+
+
+def recipe_record(cfg) -> dict:
+    """The resolved optimiser and schedule of a run, for results.json."""
+    t = resolve_train(cfg.train, cfg.loss.method)
+    return {"method": cfg.loss.method, "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum,
+            "nesterov": t.nesterov, "weight_decay": t.weight_decay, "schedule": t.schedule, "epochs": t.epochs}
