@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class LossConfig:
     m: float = 1.0
     tau: int = 0                  # epochs with beta = 0 before the gap term starts
     gap: str = "mean"             # mean (paper Eq. 6-7) | pairwise (released code)
+    gap_scope: str = "auto"       # bottom-k within each rank's batch (rank) or over all ranks (global); auto: global when elastic
     lam: float = 0.5              # Hendrycks OE weight
     energy_lam: float = 0.1       # EnergyOE weight
     m_in: float = -7.0
@@ -85,7 +87,9 @@ class TrainConfig:
     schedule: str | None = None   # onecycle | cosine | constant
     separate_forward: bool = False
     seed: int = 0
-    num_workers: int = 1          # Ray Train workers (DDP ranks)
+    num_workers: int = 1          # Ray Train workers (DDP ranks); YAML [min, max] = elastic (below)
+    min_workers: int = 0          # elastic: run on min_workers..num_workers as nodes come and go (0: fixed size)
+    resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
@@ -98,6 +102,7 @@ class TrainConfig:
     val_every: int = 1
     fail_at_epoch: int = -1       # test switch: rank 1 (or 0) raises once in this epoch
     stop_after_epoch: int = -1    # test switch: end the run early after this epoch
+    audit_keys: bool = False      # each rank writes the ID keys it trained on, per epoch, to <run>/sample_keys/
 
 
 @dataclass(frozen=True)
@@ -186,12 +191,60 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> Config:
         dotted = [f"{section}.{n}" for n in names]
         raise ConfigError(f"unknown config key {section}.{key}{_suggest(f'{section}.{key}', dotted)}")
     default = getattr(sub, key)
+    if section == "train" and key == "num_workers":
+        return replace(cfg, train=_worker_range(sub, value))
     if section == "train" and key in RECIPES["*"]:  # may be unset (null): the method's recipe
         if value is None:
             return replace(cfg, train=replace(sub, **{key: None}))
         default = RECIPES["*"][key]                  # coerce as the recipe's type
     value = _coerce(section, key, value, default)
     return replace(cfg, **{section: replace(sub, **{key: value})})
+
+
+def _worker_range(train: TrainConfig, value) -> TrainConfig:
+    """``train.num_workers``: an integer (a fixed worker group) or ``[min, max]`` (elastic:
+    stored as min_workers=min, num_workers=max)."""
+    if isinstance(value, str) and value.startswith("["):
+        value = yaml.safe_load(value)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ConfigError(f"train.num_workers must be an integer or [min, max], got {list(value)!r}")
+        low, high = (_coerce("train", "num_workers", v, 1) for v in value)
+        return replace(train, min_workers=low, num_workers=high)
+    return replace(train, num_workers=_coerce("train", "num_workers", value, 1), min_workers=0)
+
+
+def worker_range(cfg: Config) -> tuple[int, int]:
+    """(fewest, most) Train workers: equal for a fixed group."""
+    t = cfg.train
+    return (t.min_workers or t.num_workers, t.num_workers)
+
+
+def is_elastic(cfg: Config) -> bool:
+    low, high = worker_range(cfg)
+    return low < high
+
+
+def batches_for(cfg: Config, world_size: int) -> tuple[int, int]:
+    """Per-rank (ID, OE) batch at ``world_size`` workers. The global batches are held at
+    ``data.batch_size`` / ``data.oe_batch_size`` times ``train.num_workers`` (the most
+    workers): with fewer, each rank takes a larger share, so the optimisation (global batch,
+    steps per epoch, learning-rate schedule) does not depend on how many survived."""
+    high = cfg.train.num_workers
+    ids, oes = cfg.data.batch_size * high, cfg.data.oe_batch_size * high
+    if ids % world_size or oes % world_size:
+        raise ConfigError(f"the global batches {ids} (ID) and {oes} (OE) do not split over {world_size} workers; "
+                          "choose data.batch_size / data.oe_batch_size so they do (validate() checks every size)")
+    return ids // world_size, oes // world_size
+
+
+def gap_scope(cfg: Config) -> str:
+    """Where EDGE's bottom-k ID energies are taken: ``rank`` (within each rank's batch) or
+    ``global`` (gathered over all ranks, so the gap does not depend on the world size);
+    ``auto`` is global for an elastic run, rank otherwise."""
+    if cfg.loss.gap_scope != "auto":
+        return cfg.loss.gap_scope
+    return "global" if is_elastic(cfg) else "rank"
 
 
 def from_dict(d: dict, base: Config | None = None) -> Config:
@@ -288,6 +341,7 @@ def _name_checks(cfg: Config) -> list:
 
     checks = [_choice(cfg.loss.method, "loss.method", METHODS),
               _choice(cfg.loss.gap, "loss.gap", ("mean", "pairwise")),
+              _choice(cfg.loss.gap_scope, "loss.gap_scope", ("auto", "rank", "global")),
               # unset (None): the method's recipe (recipes.py)
               cfg.train.optimizer and _choice(cfg.train.optimizer, "train.optimizer", ("sgd", "adam", "adamw")),
               cfg.train.schedule and _choice(cfg.train.schedule, "train.schedule", ("onecycle", "cosine", "constant")),
@@ -317,6 +371,9 @@ def _range_checks(cfg: Config) -> list:
         (t.weight_decay is None or t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (0 <= t.momentum < 1, f"train.momentum must lie in [0, 1), got {t.momentum}"),
         (t.num_workers >= 1, f"train.num_workers must be >= 1, got {t.num_workers}"),
+        (0 <= t.min_workers <= t.num_workers,
+         f"train.num_workers=[min, max] needs 1 <= min <= max, got [{t.min_workers}, {t.num_workers}]"),
+        (t.resize_interval_s > 0, f"train.resize_interval_s must be > 0, got {t.resize_interval_s}"),
         (t.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {t.cpus_per_worker}"),
         (not t.use_gpu or t.gpus_per_worker > 0, f"train.gpus_per_worker must be > 0 with train.use_gpu, got {t.gpus_per_worker}"),
         (t.num_to_keep >= 1, f"train.num_to_keep must be >= 1, got {t.num_to_keep}"),
@@ -345,6 +402,13 @@ def validate(cfg: Config) -> Config:
     problems = _name_checks(cfg) + _range_checks(cfg)
     if problems:
         raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+    low, high = worker_range(cfg)
+    uneven = [w for w in range(low, high + 1) if (cfg.data.batch_size * high) % w or (cfg.data.oe_batch_size * high) % w]
+    if uneven:
+        raise ConfigError(f"train.num_workers=[{low}, {high}]: the global batches (data.batch_size x {high} = "
+                          f"{cfg.data.batch_size * high}, data.oe_batch_size x {high} = {cfg.data.oe_batch_size * high}) "
+                          f"must split evenly over every worker count, not over {uneven}; pick batch sizes "
+                          f"that make them multiples of {math.lcm(*range(low, high + 1))}")
     if cfg.loss.method == "edge" and cfg.loss.k > cfg.data.batch_size:
         raise ConfigError(f"loss.k={cfg.loss.k} is larger than the per-rank ID batch "
                           f"data.batch_size={cfg.data.batch_size}; lower loss.k or raise the batch")

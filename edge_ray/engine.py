@@ -25,17 +25,21 @@ USES_OE = {"edge": True, "oe": True, "hendrycks_oe": True, "energy_oe": True,
            "bce": False, "focal": False, "asl": False, "dbloss": False}
 
 
-def make_loss_fn(cfg: LossConfig, *, class_freq=None, num_train: int | None = None):
+def make_loss_fn(cfg: LossConfig, *, class_freq=None, num_train: int | None = None,
+                 gap_scope: str = "rank"):
     """``fn(logits_id, targets, logits_oe, epoch) -> dict`` for ``cfg.method``.
 
     The tau schedule lives here: EDGE's gap weight beta is 0 for epochs < tau (Alg. 1).
+    ``gap_scope="global"``: EDGE's bottom-k over every DDP rank's ID batch (config.gap_scope).
     """
     m = cfg.method
+    gather = losses.gather_energies if gap_scope == "global" else None
 
     def fn(z_id, y, z_oe, epoch: int) -> dict:
         if m == "edge":
             beta = cfg.beta if epoch >= cfg.tau else 0.0
-            return losses.edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap)
+            return losses.edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap,
+                                    gather=gather)
         if m == "oe":
             return losses.oe_loss(z_id, y, z_oe, alpha=cfg.alpha)
         if m == "hendrycks_oe":

@@ -44,14 +44,34 @@ def _conf(logits_oe: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits_oe).mean()
 
 
+def gather_energies(energy: torch.Tensor) -> torch.Tensor:
+    """Every rank's energies, concatenated in rank order, with gradients flowing back to the
+    rank that owns each one (``torch.distributed.nn``'s differentiable all-gather); the
+    tensor itself when no process group is running. For ``edge_loss(gather=...)``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return energy
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of an API without autograd on gloo
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(energy))
+
+
 def gap_hinge(energy_id: torch.Tensor, energy_oe: torch.Tensor, *, k: int, m: float,
-              gap: str = "mean") -> torch.Tensor:
+              gap: str = "mean", gather=None) -> torch.Tensor:
     """The hinge terms of L_gap before averaging.
 
     ``mean`` (paper Eq. 6-7): one term per OE sample, ``E(oe_j) - mean(bottom_k E(id)) + m``.
     ``pairwise`` (released code): one term per (OE sample, bottom-k ID sample) pair.
+    ``gather`` (e.g. ``gather_energies``): take the bottom-k over every rank's ID batch, not
+    this rank's alone; with DDP's gradient averaging the objective is then the one of a
+    single process holding the whole global batch, whatever the number of ranks.
     """
-    low = bottom_k_energy(energy_id, k)
+    low = bottom_k_energy(gather(energy_id) if gather is not None else energy_id, k)
     if gap == "mean":
         return F.relu(energy_oe - low.mean() + m)
     if gap == "pairwise":
@@ -67,16 +87,17 @@ def _check_edge_inputs(logits_id, targets, logits_oe, k=None):
 
 
 def edge_loss(logits_id: torch.Tensor, targets: torch.Tensor, logits_oe: torch.Tensor, *,
-              alpha: float, beta: float, k: int, m: float, gap: str = "mean") -> dict:
+              alpha: float, beta: float, k: int, m: float, gap: str = "mean", gather=None) -> dict:
     """EDGE objective, Eq. 8: ``L = L_id + alpha * L_conf + beta * L_gap``.
 
     Returns ``{"loss", "id", "conf", "gap"}``. ``beta = 0`` before epoch ``tau`` is the
-    caller's schedule. Bottom-k is taken within this ID batch.
+    caller's schedule. Bottom-k is taken within this ID batch, or over every rank's with
+    ``gather`` (see ``gap_hinge``).
     """
     _check_edge_inputs(logits_id, targets, logits_oe, k)
     l_id = _id_bce(logits_id, targets)
     l_conf = _conf(logits_oe)
-    hinge = gap_hinge(joint_energy(logits_id), joint_energy(logits_oe), k=k, m=m, gap=gap)
+    hinge = gap_hinge(joint_energy(logits_id), joint_energy(logits_oe), k=k, m=m, gap=gap, gather=gather)
     l_gap = hinge.mean()
     return {"loss": l_id + alpha * l_conf + beta * l_gap, "id": l_id, "conf": l_conf, "gap": l_gap}
 

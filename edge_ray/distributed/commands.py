@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from edge_ray import storage
-from edge_ray.config import ConfigError, load_config
+from edge_ray.config import ConfigError, load_config, worker_range
 from edge_ray.recipes import describe_recipe
 from edge_ray.distributed.cluster import ClusterError, connect
 
@@ -69,7 +69,9 @@ def cmd_train(args) -> int:
     check_inputs(cfg)  # data, storage and model problems: one line, before Ray starts
     check_resume(cfg)
     where = connect(args.address)
-    print(f"training {cfg.model.name} with {cfg.loss.method} on {cfg.train.num_workers} worker(s) "
+    low, high = worker_range(cfg)
+    workers = f"{low}-{high} (elastic)" if low < high else str(high)
+    print(f"training {cfg.model.name} with {cfg.loss.method} on {workers} worker(s) "
           f"({'GPU' if cfg.train.use_gpu else 'CPU'}, Ray: {where}) -> {cfg.train.storage_path}/{cfg.train.run_name}")
     print(f"  recipe: {describe_recipe(cfg)}", flush=True)
     summary = run_training(cfg, checked=True)

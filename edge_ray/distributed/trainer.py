@@ -13,7 +13,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from edge_ray import engine, storage
-from edge_ray.config import Config, ConfigError
+from edge_ray.config import Config, ConfigError, is_elastic, worker_range
 from edge_ray.recipes import resolve_recipe
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.checkpoint import checkpoint_folders, last_epoch_on_storage, load_checkpoint
@@ -94,8 +94,9 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=resources,
+        scaling_config=ScalingConfig(num_workers=worker_range(cfg) if is_elastic(cfg) else cfg.train.num_workers,
+                                     use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
+                                     elastic_resize_monitor_interval_s=cfg.train.resize_interval_s,
                                      placement_strategy=cfg.train.placement.upper()),
         run_config=RunConfig(
             name=run_name or cfg.train.run_name, storage_path=storage_root(cfg),
@@ -123,6 +124,7 @@ RESUMABLE_CHANGES = {
     "data": {"loader_workers", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
     "model": {"compile", "compile_mode", "channels_last"},
     "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every", "placement",
+              "min_workers", "resize_interval_s", "audit_keys",
               "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},
 }
 
@@ -175,7 +177,7 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
         check_inputs(cfg)
         check_resume(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker, "GPU": cfg.train.gpus_per_worker if cfg.train.use_gpu else 0}
-    check_request(resources, cfg.train.num_workers, "train")
+    check_request(resources, worker_range(cfg)[0], "train")
     last = last_epoch_on_storage(run_dir(cfg))
     if last is not None:
         folder, epochs = last

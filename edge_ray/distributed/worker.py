@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from edge_ray import engine, storage
 from edge_ray.checkpoint import checkpoint_folders, latest_checkpoint, load_checkpoint, save_checkpoint
-from edge_ray.config import from_dict
+from edge_ray.config import batches_for, from_dict, gap_scope
 from edge_ray.data import load_index, train_loader, eval_loader
 from edge_ray.losses import joint_energy
 from edge_ray.metrics import mean_average_precision, ood_metrics
@@ -93,6 +93,13 @@ def _gather_nodes() -> list[str]:
     return out
 
 
+def _keys_into(loader, keys: list):
+    """The loader's batches without their keys, which go to ``keys`` (train.audit_keys)."""
+    for x_id, y, x_oe, batch_keys in loader:
+        keys.extend(batch_keys)
+        yield x_id, y, x_oe
+
+
 def _validate(model, cfg, device) -> dict:
     """Rank-0 validation that never touches the test OOD sets: ID val mAP and, when
     ``data.oe_val`` is set, JointEnergy FPR95/AUROC of ID val against held-out OE images
@@ -142,11 +149,14 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     if cfg.model.compile:
         model = torch.compile(model, mode=None if cfg.model.compile_mode == "default" else cfg.model.compile_mode)
 
+    # The global batches are fixed; this world size's share of them (config.batches_for).
+    id_batch, oe_batch = batches_for(cfg, world)
+
     def loader_for(epoch):
         # decode="gpu" yields batches already on `device` (nvJPEG + GPU crops); engine's
         # move to the device is then a no-op. Without CUDA it falls back to CPU decode.
-        return train_loader(id_index, oe_index, batch_size=cfg.data.batch_size,
-                            oe_batch_size=cfg.data.oe_batch_size, image_size=cfg.data.image_size,
+        return train_loader(id_index, oe_index, batch_size=id_batch, return_keys=cfg.train.audit_keys,
+                            oe_batch_size=oe_batch, image_size=cfg.data.image_size,
                             epoch=epoch, seed=cfg.train.seed, rank=rank, world_size=world,
                             num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
                             crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std,
@@ -161,7 +171,8 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     steps = len(loader_for(0))
     opt = engine.make_optimizer(model, cfg.train, cfg.loss.method)
     sched = engine.make_scheduler(opt, cfg.train, steps, cfg.loss.method)
-    loss_fn = engine.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples)
+    loss_fn = engine.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples,
+                                  gap_scope=gap_scope(cfg))
     opts = engine.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
                               channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
@@ -182,15 +193,20 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         loader = upcoming if upcoming is not None else loader_for(epoch)
         # The next epoch's loader workers start now and are ready when this epoch ends.
         upcoming = loader_for(epoch + 1).start() if epoch + 1 < last else None
-        stats = engine.train_epoch(model, loader, loss_fn, opt, sched, epoch=epoch,
+        keys: list[str] = []
+        batches = _keys_into(loader, keys) if cfg.train.audit_keys else loader
+        stats = engine.train_epoch(model, batches, loss_fn, opt, sched, epoch=epoch,
                                    opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
+        if cfg.train.audit_keys:
+            storage.write_json(storage.join(run, "sample_keys", f"epoch{epoch + 1:04d}-attempt{resumes}-rank{rank}"
+                                                                f"-of{world}.json"), keys)
         bar.close()
         # Where the input thread(s) spent the epoch (host seconds): see TrainLoader.timings.
         inputs = {f"input_{k}_s": round(v, 3) for k, v in getattr(loader, "timings", {}).items()}
         metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()}, **inputs,
                    "steps_per_rank": _gather_steps(stats["steps"], device), "lr": sched.get_last_lr()[0],
                    "beta_active": cfg.loss.method == "edge" and epoch >= cfg.loss.tau,
-                   "resumes": resumes, "world_size": world, "nodes": nodes,
+                   "resumes": resumes, "world_size": world, "nodes": nodes, "id_batch_per_rank": id_batch,
                    "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
         if rank == 0 and cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0:
             metrics.update(_validate(model, cfg, device))
