@@ -90,6 +90,7 @@ class TrainConfig:
     num_workers: int = 1          # Ray Train workers (DDP ranks); YAML [min, max] = elastic (below)
     min_workers: int = 0          # elastic: run on min_workers..num_workers as nodes come and go (0: fixed size)
     resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow
+    start_timeout_s: float = 60.0  # how long a worker group may take to start before Ray Train tries again
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
@@ -374,6 +375,7 @@ def _range_checks(cfg: Config) -> list:
         (0 <= t.min_workers <= t.num_workers,
          f"train.num_workers=[min, max] needs 1 <= min <= max, got [{t.min_workers}, {t.num_workers}]"),
         (t.resize_interval_s > 0, f"train.resize_interval_s must be > 0, got {t.resize_interval_s}"),
+        (t.start_timeout_s > 0, f"train.start_timeout_s must be > 0, got {t.start_timeout_s}"),
         (t.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {t.cpus_per_worker}"),
         (not t.use_gpu or t.gpus_per_worker > 0, f"train.gpus_per_worker must be > 0 with train.use_gpu, got {t.gpus_per_worker}"),
         (t.num_to_keep >= 1, f"train.num_to_keep must be >= 1, got {t.num_to_keep}"),

@@ -6,6 +6,7 @@ starts, so they surface as one clear error instead of a crash inside a rank.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,10 @@ def check_inputs(cfg: Config) -> dict:
 
 
 def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> TorchTrainer:
+    # Read by Ray Train from the driver's environment (it passes it to its controller): after
+    # a node loss the capacity Ray reports can be stale for a few seconds, and a group sized
+    # for it waits this long before Ray Train tries again with what is really there.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{cfg.train.start_timeout_s:g}"
     """The TorchTrainer of one run; its config (what the checkpoints record) has the
     method's training recipe resolved, so a rerun compares what was actually trained."""
     cfg = resolve_recipe(cfg)
@@ -124,7 +129,7 @@ RESUMABLE_CHANGES = {
     "data": {"loader_workers", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
     "model": {"compile", "compile_mode", "channels_last"},
     "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every", "placement",
-              "min_workers", "resize_interval_s", "audit_keys",
+              "min_workers", "resize_interval_s", "start_timeout_s", "audit_keys",
               "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},
 }
 
