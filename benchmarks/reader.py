@@ -39,16 +39,18 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import reader_baseline  # noqa: E402
 from edge_ray import storage  # noqa: E402
 from edge_ray.data import load_index, train_loader  # noqa: E402
 
 
-def synthetic_jpeg(gen: np.random.Generator, size: int) -> bytes:
-    """A size x size JPEG: a random colour gradient plus noise, quality 90."""
-    ramp = np.linspace(0, 1, size, dtype=np.float32)
+def synthetic_jpeg(gen: np.random.Generator, size) -> bytes:
+    """A JPEG of `size` (side, or (width, height)): a random colour gradient plus noise, quality 90."""
+    width, height = (size, size) if isinstance(size, int) else size
     a, b = gen.uniform(0, 255, 3), gen.uniform(0, 255, 3)
-    base = a * ramp[:, None, None] + b * ramp[None, :, None]
-    pixels = np.clip(base / 2 + gen.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    base = (a * np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+            + b * np.linspace(0, 1, width, dtype=np.float32)[None, :, None])
+    pixels = np.clip(base / 2 + gen.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -78,22 +80,34 @@ def write_synthetic(out: Path, name: str, role: str, n: int, size: int, *,
     return out
 
 
-def measure(id_index, oe_index, *, workers: int, image_size: int, batch_size: int,
-            oe_batch_size: int) -> dict:
+def batches(arrangement: str, id_index, oe_index, *, workers: int, image_size: int, batch_size: int,
+            oe_batch_size: int):
+    """(x_id, x_oe) float batches of one ID epoch: the project's `train_loader`, or the plain
+    webdataset + torchvision baseline (reader_baseline.py) on the same shards."""
+    if arrangement == "baseline":
+        return reader_baseline.epoch([u for u, _ in id_index.shards], [u for u, _ in oe_index.shards],
+                                     image_size=image_size, batch_size=batch_size,
+                                     oe_batch_size=oe_batch_size, workers=workers)
     loader = train_loader(id_index, oe_index, batch_size=batch_size, oe_batch_size=oe_batch_size,
                           image_size=image_size, epoch=0, seed=0, rank=0, world_size=1,
                           num_workers=workers)
+    return ((x_id, x_oe) for x_id, _, x_oe in loader)
+
+
+def measure(id_index, oe_index, *, workers: int, image_size: int, batch_size: int,
+            oe_batch_size: int, arrangement: str = "project") -> dict:
     cpu0, start = cpu_seconds(), time.perf_counter()
-    first = None
-    for step, (x_id, _, x_oe) in enumerate(loader):
-        if step == 0:
+    first, steps = None, 0
+    for steps, (x_id, x_oe) in enumerate(batches(arrangement, id_index, oe_index, workers=workers,
+                                                 image_size=image_size, batch_size=batch_size,
+                                                 oe_batch_size=oe_batch_size), start=1):
+        if steps == 1:
             first = time.perf_counter()
     end = time.perf_counter()
     cpu = cpu_seconds() - cpu0  # includes the workers: they are joined when the epoch ends
-    steps = len(loader)
     per_step = batch_size + oe_batch_size
     steady = (steps - 1) * per_step / (end - first) if steps > 1 else float("nan")
-    return {"workers": workers, "image_size": image_size, "steps": steps,
+    return {"arrangement": arrangement, "workers": workers, "image_size": image_size, "steps": steps,
             "first_batch_s": round(first - start, 3), "epoch_s": round(end - start, 3),
             "img_per_s": round(steady, 1),
             "id_img_per_s": round(steady * batch_size / per_step, 1),
@@ -148,20 +162,31 @@ def copy_set(local_dir, location: str) -> str:
     return location
 
 
-def best_per_store(rows: list[dict]) -> list[dict]:
-    """The lowest-CPU run of each (store, size, workers), with the CPU ratio to local disk."""
+KEY = ("arrangement", "store", "image_size", "workers")
+
+
+def best_rows(runs: list[dict]) -> list[dict]:
+    """The lowest-CPU run of each (arrangement, store, size, workers), with the CPU ratio to
+    local disk (same arrangement) and to the baseline (same store), and the img/s ratio."""
     best: dict = {}
-    for r in rows:
-        key = (r["store"], r["image_size"], r["workers"])
+    for r in runs:
+        key = tuple(r[k] for k in KEY)
         if key not in best or r["cpu_ms_per_img"] < best[key]["cpu_ms_per_img"]:
             best[key] = r
     out = []
-    for (store, size, workers), r in best.items():
-        local = best.get(("local", size, workers))
-        ratio = round(r["cpu_ms_per_img"] / local["cpu_ms_per_img"], 3) if local else None
-        out.append({**r, "runs": sum(1 for x in rows if (x["store"], x["image_size"], x["workers"]) ==
-                                        (store, size, workers)), "cpu_vs_local": ratio})
+    for (arrangement, store, size, workers), r in best.items():
+        local = best.get((arrangement, "local", size, workers))
+        base = best.get(("baseline", store, size, workers)) or best.get(("baseline", "local", size, workers))
+        out.append({**r, "runs": sum(1 for x in runs if tuple(x[k] for k in KEY) == (arrangement, store, size, workers)),
+                    "cpu_vs_local": round(r["cpu_ms_per_img"] / local["cpu_ms_per_img"], 3) if local else None,
+                    "cpu_vs_baseline": round(r["cpu_ms_per_img"] / base["cpu_ms_per_img"], 3) if base else None,
+                    "img_s_vs_baseline": round(r["img_per_s"] / base["img_per_s"], 3) if base else None})
     return out
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    return int(w), int(h or w)
 
 
 def main(argv=None) -> list[dict]:
@@ -169,11 +194,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--shards", help="ID shard set to read (default: build a synthetic one)")
     p.add_argument("--oe-shards", help="OE shard set (default: build a synthetic one)")
     p.add_argument("--num-images", type=int, default=2000)
-    p.add_argument("--source-size", type=int, default=256, help="synthetic JPEG side")
+    p.add_argument("--source-size", type=_size, default=(256, 256), help="synthetic JPEG size: 256 or 640x480")
     p.add_argument("--image-sizes", type=int, nargs="+", default=[256, 32])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--oe-batch-size", type=int, default=64)
+    p.add_argument("--arrangements", nargs="+", default=["project"], choices=["project", "baseline"],
+                   help="the project's reader and/or the plain webdataset + torchvision baseline")
     p.add_argument("--stores", nargs="+", default=["local"], choices=["local", "s3"],
                    help="read from local disk and/or a local S3 API server (separate process)")
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration, interleaved; best kept")
@@ -181,7 +208,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--smoke", action="store_true", help="tiny run, a few seconds")
     args = p.parse_args(argv)
     if args.smoke:
-        args.num_images, args.source_size, args.batch_size, args.oe_batch_size = 96, 64, 16, 16
+        args.num_images, args.source_size, args.batch_size, args.oe_batch_size = 96, (64, 64), 8, 8
         args.image_sizes = [32]
 
     with tempfile.TemporaryDirectory(prefix="reader-bench-") as tmp, contextlib.ExitStack() as stack:
@@ -200,23 +227,26 @@ def main(argv=None) -> list[dict]:
         id_index, oe_index = indexes[args.stores[0]]
         print(f"sets: {id_index.num_samples} ID / {oe_index.num_samples} OE images in "
               f"{', '.join(args.stores)} (prepared in {time.perf_counter() - t0:.1f}s)")
+        # The baseline reads local files only (webdataset opens URLs with its own gopen).
+        plan = [(a, store) for a in args.arrangements for store in args.stores if a == "project" or store == "local"]
         runs = [{"store": store, **measure(*indexes[store], workers=w, image_size=s, batch_size=args.batch_size,
-                                           oe_batch_size=args.oe_batch_size)}
-                for _ in range(args.repeat) for s in args.image_sizes for w in args.workers
-                for store in args.stores]
-        rows = best_per_store(runs)
+                                           oe_batch_size=args.oe_batch_size, arrangement=a)}
+                for _ in range(args.repeat) for s in args.image_sizes for w in args.workers for a, store in plan]
+        rows = best_rows(runs)
 
-    print(f"best of {args.repeat} interleaved run(s) per row (lowest CPU ms/img)")
-    print(f"{'store':>6} {'size':>5} {'workers':>7} {'steps':>5} {'img/s':>8} {'id/s':>8} "
-          f"{'incl. start':>11} {'1st batch s':>11} {'CPU ms/img':>10} {'vs local':>8}")
+    print(f"best of {args.repeat} interleaved run(s) per row (lowest CPU ms/img); source "
+          f"{'x'.join(map(str, args.source_size)) if not args.shards else 'as converted'}")
+    print(f"{'arrangement':>11} {'store':>6} {'size':>5} {'workers':>7} {'steps':>5} {'img/s':>8} "
+          f"{'1st batch s':>11} {'CPU ms/img':>10} {'vs local':>8} {'vs baseline':>11} {'img/s vs b.':>11}")
     for r in rows:
-        print(f"{r['store']:>6} {r['image_size']:>5} {r['workers']:>7} {r['steps']:>5} {r['img_per_s']:>8} "
-              f"{r['id_img_per_s']:>8} {r['img_per_s_incl_startup']:>11} {r['first_batch_s']:>11} "
-              f"{r['cpu_ms_per_img']:>10} {r['cpu_vs_local'] if r['cpu_vs_local'] is not None else '-':>8}")
+        print(f"{r['arrangement']:>11} {r['store']:>6} {r['image_size']:>5} {r['workers']:>7} {r['steps']:>5} "
+              f"{r['img_per_s']:>8} {r['first_batch_s']:>11} {r['cpu_ms_per_img']:>10} "
+              + " ".join(f"{'-' if r[k] is None else r[k]:>{w}}" for k, w in
+                         (("cpu_vs_local", 8), ("cpu_vs_baseline", 11), ("img_s_vs_baseline", 11))))
     if args.json:
-        meta = {"machine": platform.platform(), "cpus": __import__("os").cpu_count(),
-                "batch_size": args.batch_size, "oe_batch_size": args.oe_batch_size,
-                "source_size": None if args.shards else args.source_size}
+        meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "batch_size": args.batch_size,
+                "oe_batch_size": args.oe_batch_size, "repeat": args.repeat,
+                "source_size": None if args.shards else list(args.source_size)}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": rows, "runs": runs}, indent=1) + "\n")
     return rows
 

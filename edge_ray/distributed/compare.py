@@ -40,7 +40,7 @@ EPILOG = """examples:
   python launch.py compare --methods oe edge --seeds 5 --edge-from-study results/tune/demo-search
   # on a GPU cluster with the VOC shards (configs/voc.yaml), one Train worker per run, two runs per GPU:
   python launch.py compare --config configs/voc.yaml --methods bce oe edge --seeds 3 --gpus-per-run 0.5 \\
-      train.num_workers=1 --out /mnt/shared/compare/voc
+      train.num_workers=1 --out s3://my-edge-bucket/results/compare/voc
 
 Running it again with a larger --seeds trains only the new seeds."""
 
