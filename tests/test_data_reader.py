@@ -292,3 +292,36 @@ def test_jpeg_and_palette_images_decode_to_rgb():
     buf = io.BytesIO()
     Image.new("P", (4, 4)).save(buf, format="PNG", transparency=0)
     assert decode_image(buf.getvalue()).mode == "RGB"
+
+
+@pytest.mark.parametrize("source, size, crop", [((256, 256), 256, (0.5, 1.0)), ((640, 480), 224, (0.08, 1.0)),
+                                                 ((64, 48), 32, (0.8, 1.0))])
+def test_uint8_worker_path_equals_the_pil_path(source, size, crop):
+    """The workers' uint8 crops (torch's port of PIL's antialiased bilinear), normalised in the
+    main process, against the former path (PIL resize, float normalise in the worker) on the
+    same records and seeds: the same crops, pixels equal or 1 level apart (shrinking only),
+    channels-last memory."""
+    import io
+
+    from edge_ray.data.reader import _decode_batch
+    from edge_ray.data.records import Record
+    from edge_ray.data.transforms import decode_image, normalize_batch, to_normalized_batch
+
+    gen = np.random.default_rng(3)
+    recs = []
+    for i in range(6):
+        pixels = (gen.random((source[1], source[0], 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG" if i % 2 else "PNG")
+        recs.append(Record(key=f"k{i}", ext="jpg" if i % 2 else "png", data=buf.getvalue(), labels=(), shard="mem"))
+    t = train_transform(size, crop_scale=crop)
+    raw = _decode_batch(recs, t, np.random.default_rng(11))
+    assert raw.dtype == torch.uint8 and raw.shape == (6, 3, size, size)
+    assert raw.is_contiguous(memory_format=torch.channels_last)
+    new = normalize_batch(raw, t.mean, t.std)
+    gen_old = np.random.default_rng(11)
+    old = to_normalized_batch([t.geometric(decode_image(r.data, min_size=t.min_decode_size), gen_old) for r in recs],
+                              t.mean, t.std)
+    levels = ((new - old) * torch.tensor(t.std).view(1, 3, 1, 1) * 255).abs()
+    assert levels.max() <= 1.0 + 1e-4
+    assert (levels < 1e-3).float().mean() > 0.7  # most pixels identical

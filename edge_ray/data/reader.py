@@ -28,7 +28,7 @@ from .index import ShardIndex, read_labels
 from .plan import steps_per_epoch
 from .records import Record, read_positions, read_shard
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform,
-                         to_normalized_batch, train_transform)
+                         normalize_batch, stack_uint8, train_transform)
 
 __all__ = ["TrainLoader", "EvalLoader", "train_loader", "eval_loader", "steps_per_epoch",
            "read_labels", "multi_hot"]
@@ -133,6 +133,13 @@ def multi_hot(records: list[Record], num_classes: int) -> torch.Tensor:
 class _Loader:
     """Wraps a fresh DataLoader per iteration (workers see the current epoch)."""
 
+    def _normalize(self, batch: tuple) -> tuple:
+        """The images of a CPU-decoded batch (its uint8 entries: x_id and x_oe, or x) as
+        normalised float32, where they are (main process or GPU)."""
+        t = self.stream.transform
+        return tuple(normalize_batch(v, t.mean, t.std) if isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+                     else v for v in batch)
+
     def __init__(self, stream: IterableDataset, num_workers: int, pin_memory: bool):
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
         self._started = None
@@ -171,7 +178,7 @@ class TrainLoader(_Loader):
         d = self.decoder
         if d is None:
             if self.upload_to is None:
-                return batches
+                return (self._normalize(b) for b in batches)
             return gpu.prefetch(batches, self._upload, self.upload_to, priority=FEEDER_PRIORITY, timings=self.timings)
         if self.feeder == "serial":
             return gpu.prefetch(batches, self._decode_packed, d.device, priority=FEEDER_PRIORITY,
@@ -197,8 +204,10 @@ class TrainLoader(_Loader):
         return (x_id, y, x_oe, *keys)
 
     def _upload(self, batch: tuple) -> tuple:
-        return tuple(t.to(self.upload_to, non_blocking=True) if isinstance(t, torch.Tensor) else t
-                     for t in batch)
+        """Copy a CPU-decoded batch (uint8 images) to the GPU and normalise it there."""
+        moved = tuple(t.to(self.upload_to, non_blocking=True) if isinstance(t, torch.Tensor) else t
+                      for t in batch)
+        return self._normalize(moved)
 
     def __len__(self) -> int:
         return self.stream.steps
@@ -222,7 +231,7 @@ class EvalLoader(_Loader):
         return plan.eval_batches(s.index.num_samples, s.batch_size, s.rank, s.world_size)
 
     def __iter__(self) -> Iterator[tuple]:
-        return self._batches()
+        return (self._normalize(b) for b in self._batches())
 
 
 class _TrainStream(IterableDataset):
@@ -317,7 +326,10 @@ class _EvalStream(IterableDataset):
 
 
 def _decode_batch(records: list[Record], transform, gen) -> torch.Tensor:
-    """The CPU decode stage: bytes -> RGB -> crop/resize/flip, then one batched normalise."""
+    """The CPU decode stage, in a DataLoader worker: bytes -> RGB -> crop/resize/flip ->
+    uint8 [B, 3, S, S] channels-last. The loader normalises it in the main process (or on
+    the GPU): a worker's float32 batch was four times the bytes to hand over, and the
+    normalising pass cost as much as a tenth of the decode."""
     images = []
     for rec in records:
         try:
@@ -325,8 +337,8 @@ def _decode_batch(records: list[Record], transform, gen) -> torch.Tensor:
         except Exception as err:  # PIL raises several types for corrupt or hostile bytes
             raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: cannot decode the "
                              f".{rec.ext} image ({err})") from err
-        images.append(transform.geometric(img, gen))
-    return to_normalized_batch(images, transform.mean, transform.std)
+        images.append(transform.geometric_uint8(img, gen))
+    return stack_uint8(images)
 
 
 def _take(items: Iterator, n: int) -> list:

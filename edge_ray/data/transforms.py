@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import functional as F
+from torchvision.transforms.v2 import functional as F2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,6 +84,13 @@ class TrainTransform:
             w = int(round(height * _RATIO[1]))
         return (height - h) // 2, (width - w) // 2, h, w, flip
 
+    def geometric_uint8(self, img: Image.Image, gen: np.random.Generator) -> torch.Tensor:
+        """The random crop + resize + flip as uint8 [3, S, S] (`crop_uint8`), drawing the crop
+        from `gen` as `geometric` does: the reader's CPU path."""
+        img = to_rgb(img)
+        top, left, h, w, flip = self.sample_crop(img.width, img.height, gen)
+        return crop_uint8(img, (top, left, h, w), flip, self.image_size)
+
     def geometric(self, img: Image.Image, gen: np.random.Generator) -> Image.Image:
         """The random crop + resize + flip, still a PIL image (normalising is batched)."""
         img = to_rgb(img)
@@ -109,8 +117,45 @@ class EvalTransform:
     def geometric(self, img: Image.Image, gen: np.random.Generator | None = None) -> Image.Image:
         return F.resize(to_rgb(img), [self.image_size, self.image_size], antialias=True)
 
+    def geometric_uint8(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
+        return crop_uint8(to_rgb(img), None, False, self.image_size)
+
     def __call__(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
         return F.normalize(F.to_tensor(self.geometric(img)), self.mean, self.std)
+
+
+def crop_uint8(img: Image.Image, box: tuple[int, int, int, int] | None, flip: bool, size: int) -> torch.Tensor:
+    """RGB PIL image -> uint8 [3, size, size] (a view of HWC memory): the crop `box` (top,
+    left, height, width; None = the whole image) resized with antialiased bilinear on the
+    tensor, then flipped left-right if `flip`. torch's uint8 path ports PIL's resampling:
+    pixels equal PIL's when enlarging and differ by at most 1 level when shrinking, at a
+    third of PIL's cost (benchmarks/README.md, reader)."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    top, left, h, w = box if box is not None else (0, 0, x.shape[1], x.shape[2])
+    if (h, w) != (size, size) or (top, left) != (0, 0) or x.shape[1:] != (size, size):
+        x = F2.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+    return x.flip(-1) if flip else x
+
+
+def stack_uint8(images: list[torch.Tensor]) -> torch.Tensor:
+    """Same-size uint8 [3, S, S] images -> uint8 [B, 3, S, S] in channels-last memory: what
+    a DataLoader worker hands over (a quarter of the bytes of float32, and the memory
+    layout the model runs in), normalised later by `normalize_batch`."""
+    size = images[0].shape[-1]
+    out = torch.empty((len(images), size, size, 3), dtype=torch.uint8)
+    for row, img in zip(out, images):
+        row.copy_(img.permute(1, 2, 0))
+    return out.permute(0, 3, 1, 2)
+
+
+def normalize_batch(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> float32 ``(x / 255 - mean) / std`` (as ToTensor + Normalize),
+    computed as ``(x - 255 mean) / (255 std)`` in one pass, on the tensor's device and in
+    its memory layout."""
+    shape = (1, 3, 1, 1)
+    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor([255.0 * v for v in std], dtype=torch.float32, device=x.device).view(shape)
+    return x.to(torch.float32).sub_(m).div_(s)
 
 
 def to_normalized_batch(images: list[Image.Image], mean, std) -> torch.Tensor:
