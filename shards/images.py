@@ -72,8 +72,8 @@ def reencode_png(data: bytes) -> bytes:
     Lossless where PNG can hold the mode (1, L, LA, P with its transparency, RGB, RGBA,
     16-bit grey; a 32-bit integer image within 0..65535 becomes 16-bit grey), so the
     conversion to RGB still happens on read, in the one decoder. Other modes (CMYK, float,
-    YCbCr, ...) go through that decoder's `to_rgb` here. The EXIF orientation is kept as
-    the PNG's only EXIF tag. Only used when the caller asks (`reencode=True`); stored
+    YCbCr, ...) go through that decoder's `to_rgb` here. An EXIF orientation still to apply
+    is kept as the PNG's only EXIF tag (Pillow has already turned a TIFF upright). Only used when the caller asks (`reencode=True`); stored
     formats are never touched.
     """
     with warnings.catch_warnings():
@@ -81,7 +81,7 @@ def reencode_png(data: bytes) -> bytes:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                turn = orientation(img)
+                turn = orientation(img)  # after load: Pillow turns a TIFF upright as it loads
                 img = _png_mode(img)
         except UnsupportedImage as exc:
             raise BadImage(str(exc)) from None
@@ -102,7 +102,7 @@ def _png_mode(img: Image.Image) -> Image.Image:
         values = np.asarray(img).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
             return to_rgb(img)  # raises UnsupportedImage with the values' span
-        grey = Image.fromarray(values.astype(np.uint16), "I;16")
+        grey = Image.fromarray(values.astype(np.uint16))  # mode I;16
         if "transparency" in img.info:
             grey.info["transparency"] = img.info["transparency"]
         return grey
