@@ -378,3 +378,34 @@ def test_source_modes_and_conversion_notes():
     assert conversion_note("I;16") == "scaled /257"
     assert conversion_note("RGBA") == "composited on white"
     assert conversion_note("P+transparency") == "transparent colour composited on white"
+
+
+# ---------------------------------------------------------------- through a shard set
+
+
+def test_converted_set_reads_back_by_the_conventions(tmp_path):
+    """Converter and eval loader on real files: what a model sees is what the conventions
+    say (image_size = the files' size, mean 0 and std 1: the batch is the decoded pixels)."""
+    from edge_ray.data import eval_loader, load_index
+    from shards.folder import convert_folder
+
+    grey16 = RNG.integers(0, 65536, (8, 8)).astype(np.uint16)
+    rgba = RNG.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    turned = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    ink = RNG.integers(0, 256, (1, 1, 4), dtype=np.uint8)
+    files = {"g16.png": png(grey16, 0, 16), "rgba.png": encode(rgba, "PNG"),
+             "rot.webp": encode(turned, "WEBP", lossless=True, exif=_exif(6)),
+             "cmyk.jpg": encode(Image.fromarray(_flat_blocks(ink), "CMYK"), "JPEG", quality=100)}
+    expected = {"g16": grey3(np.rint(grey16 / 257)), "rgba": on_white(rgba[..., :3], rgba[..., 3]),
+                "rot": np.rot90(turned, -1), "cmyk": _flat_blocks(_cmyk_to_rgb(ink))}
+    (tmp_path / "in").mkdir()
+    for name, data in files.items():
+        (tmp_path / "in" / name).write_bytes(data)
+    convert_folder(tmp_path / "in", tmp_path / "set", role="ood", name="modes", progress=False)
+    loader = eval_loader(load_index(tmp_path / "set", role="ood"), batch_size=4, image_size=8,
+                         mean=(0, 0, 0), std=(1, 1, 1))
+    (x, _, keys), = list(loader)
+    seen = np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    assert sorted(keys) == sorted(expected)
+    for key, img in zip(keys, seen):
+        assert np.array_equal(img, expected[key]), key
