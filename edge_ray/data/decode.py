@@ -75,18 +75,14 @@ class UnsupportedImage(ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """What a file held before conversion; `width`, `height` are the upright full-size image's."""
+    """What a file held before conversion; `width`, `height` are the upright full-size image's.
+    Every mode but "RGB" is converted on read."""
 
     format: str
     mode: str          # PIL mode, with "+transparency" for a colour key (see `source_mode`)
     width: int
     height: int
     orientation: int   # EXIF orientation applied, 1..8 (1: none)
-
-    @property
-    def converted(self) -> bool:
-        """Whether the pixels needed a mode conversion to become RGB."""
-        return self.mode != "RGB"
 
 
 def decode_image(data: bytes, *, min_size: int | None = None) -> Image.Image:
