@@ -134,6 +134,8 @@ def conversion_note(mode: str) -> str:
 
 def orientation(img: Image.Image) -> int:
     """The EXIF orientation `decode_image` applies (1..8; a missing or invalid tag is 1)."""
+    if img.format == "JPEG" and "exif" not in img.info and "xmp" not in img.info:
+        return 1  # the common case, without building an Exif (where PIL would look for it)
     value = img.getexif().get(ORIENTATION_TAG, 1)
     return value if value in _TRANSPOSE else 1
 
