@@ -73,8 +73,8 @@ def reencode_png(data: bytes) -> bytes:
     16-bit grey; a 32-bit integer image within 0..65535 becomes 16-bit grey), so the
     conversion to RGB still happens on read, in the one decoder. Other modes (CMYK, float,
     YCbCr, ...) go through that decoder's `to_rgb` here. An EXIF orientation still to apply
-    is kept as the PNG's only EXIF tag (Pillow has already turned a TIFF upright). Only used when the caller asks (`reencode=True`); stored
-    formats are never touched.
+    is kept as the PNG's only EXIF tag (Pillow has already turned a TIFF upright). Only
+    used when the caller asks (`reencode=True`); stored formats are never touched.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
