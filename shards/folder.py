@@ -8,7 +8,7 @@ from .errors import ConversionError, MissingInputError
 from .plan import Item, sanitize_key
 from .writer import convert
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def folder_items(root) -> list[Item]:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from edge_ray import storage
+from edge_ray.data.decode import conversion_note
 
 from .errors import ConversionError
 from .images import BadImage, load_checked
@@ -58,7 +59,7 @@ def write_shard(job: ShardJob) -> dict:
         for it in job.items:
             try:
                 raw = it.data if it.data is not None else Path(job.cwd, it.source).read_bytes()
-                data, ext = load_checked(raw, job.reencode)
+                data, ext, source = load_checked(raw, job.reencode)
             except OSError as exc:
                 skipped.append({"path": it.source, "reason": f"unreadable ({exc})"})
                 continue
@@ -67,7 +68,8 @@ def write_shard(job: ShardJob) -> dict:
                 continue
             meta = json.dumps({**it.meta, "labels": list(it.labels)}, sort_keys=True)
             tar.write({"__key__": it.key, ext: data, "json": meta.encode()})
-            rows.append({"key": it.key, "labels": list(it.labels), "source": it.source, "ext": ext})
+            rows.append({"key": it.key, "labels": list(it.labels), "source": it.source, "ext": ext,
+                         **source})
     return {"index": job.index, "path": job.path, "rows": rows, "skipped": skipped}
 
 
@@ -113,6 +115,10 @@ def _write_parquet(location: str, rows: list[dict]) -> None:
         "labels": pa.array([r["labels"] for r in rows], pa.list_(pa.int32())),
         "shard": pa.array([r["shard"] for r in rows], pa.string()),
         "source": pa.array([r["source"] for r in rows], pa.string()),
+        "mode": pa.array([r["mode"] for r in rows], pa.string()),
+        "width": pa.array([r["width"] for r in rows], pa.int32()),
+        "height": pa.array([r["height"] for r in rows], pa.int32()),
+        "orientation": pa.array([r["orientation"] for r in rows], pa.int8()),
     })
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -162,6 +168,7 @@ def convert(items: Iterable[Item], out_dir, *, name: str, role: str, classes=(),
         "num_samples": len(rows), "shards": shards, "urls": brace_urls(name, len(shards)),
         "label_counts": _label_counts(rows, len(classes)),
         "extensions": {e: sum(r["ext"] == e for r in rows) for e in sorted({r["ext"] for r in rows})},
+        **_mode_counts(rows),
         "num_skipped": len(skipped), "skipped": skipped,
         "seed": seed, "source": source or {}, "shard_size": shard_size,
     }
@@ -170,7 +177,31 @@ def convert(items: Iterable[Item], out_dir, *, name: str, role: str, classes=(),
     return index
 
 
+def _mode_counts(rows: list[dict]) -> dict:
+    """What the decoder changes on read (edge_ray/data/decode.py), announced in index.json."""
+    def count(values) -> dict:
+        values = list(values)
+        return {v: values.count(v) for v in sorted(set(values))}
+
+    return {
+        "source_modes": count(r["mode"] for r in rows),
+        "num_converted_on_read": sum(r["mode"] != "RGB" for r in rows),
+        "num_oriented_on_read": sum(r["orientation"] != 1 for r in rows),
+        "reencoded": count(r["reencoded_from"] for r in rows if "reencoded_from" in r),
+    }
+
+
 def summary_line(index: dict, out_dir) -> str:
-    """The line the CLI prints when a conversion ends."""
-    return (f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to "
+    """The line the CLI prints when a conversion ends: what was written and skipped, then
+    what the decoder will change on read (per source mode) and what was re-encoded."""
+    line = (f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to "
             f"{out_dir}; skipped {index['num_skipped']} (see index.json)")
+    converted = {m: n for m, n in index.get("source_modes", {}).items() if m != "RGB"}
+    if converted:
+        line += "; converted on read: " + ", ".join(
+            f"{n} {m} ({conversion_note(m)})" for m, n in sorted(converted.items(), key=lambda kv: -kv[1]))
+    if index.get("num_oriented_on_read"):
+        line += f"; EXIF orientation applied on read: {index['num_oriented_on_read']}"
+    if index.get("reencoded"):
+        line += "; re-encoded as PNG: " + ", ".join(f"{n} {m}" for m, n in index["reencoded"].items())
+    return line

@@ -61,7 +61,7 @@ def encode(arr, fmt: str, **kw) -> bytes:
 
 
 def sample(i: int) -> tuple[str, bytes]:
-    """Mostly baseline RGB JPEGs of assorted sizes, some PNG, grey and CMYK JPEG."""
+    """Mostly baseline RGB JPEGs of assorted sizes, some PNG, grey, CMYK and EXIF-rotated JPEG."""
     width, height = [(40, 30), (64, 48), (120, 90), (33, 57)][i % 4]
     arr = picture(i, width, height)
     if i % 7 == 3:
@@ -70,6 +70,10 @@ def sample(i: int) -> tuple[str, bytes]:
         return "jpg", encode(arr[..., 0], "JPEG", quality=92)
     if i % 11 == 6:
         return "jpg", encode(Image.fromarray(arr).convert("CMYK"), "JPEG", quality=92)
+    if i % 13 == 8:  # stored sideways, EXIF says "rotate 90 CW": nvJPEG would not turn it
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        return "jpg", encode(arr, "JPEG", quality=92, exif=exif)
     return "jpg", encode(arr, "JPEG", quality=92)
 
 

@@ -124,6 +124,63 @@ def test_folder_oe_recursive(tmp_path):
     assert again["num_samples"] == 3 and read_shards(tmp_path / "out")["d"]["ext"] == "png"
 
 
+def _mixed_modes_folder(root: Path) -> dict[str, bytes]:
+    """Real files of several modes, 8x8 (a 16-bit PNG, RGBA, an EXIF-rotated PNG, a JPEG, an
+    animated GIF for --reencode, a 32-bit TIFF beyond 16 bits)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+
+    def enc(img, fmt, **kw):
+        buf = io.BytesIO()
+        (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.new("RGB", (8, 8), (40 * i, 90, 200)).convert("P", palette=Image.Palette.ADAPTIVE)
+              for i in range(3)]
+    files = {
+        "g16.png": enc(rng.integers(0, 65536, (8, 8)).astype(np.uint16), "PNG"),
+        "rgba.png": enc(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "PNG"),
+        "rot.png": enc(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "PNG", exif=exif),
+        "plain.jpg": enc(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "JPEG"),
+        "anim.gif": enc(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=40),
+        "deep.tif": enc(np.full((8, 8), 70000, np.int32), "TIFF"),
+    }
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def test_converter_records_modes_and_announces_conversions(tmp_path):
+    from shards.writer import summary_line
+
+    files = _mixed_modes_folder(tmp_path / "mixed")
+    out = tmp_path / "out"
+    index = convert_folder(tmp_path / "mixed", out, role="oe", name="mixed", reencode=True, **QUIET)
+    rows = {r["key"]: r for r in pq.read_table(out / "labels.parquet").to_pylist()}
+    assert {k: (r["mode"], r["width"], r["height"], r["orientation"]) for k, r in rows.items()} == {
+        "anim": ("P", 8, 8, 1), "g16": ("I;16", 8, 8, 1), "plain": ("RGB", 8, 8, 1),
+        "rgba": ("RGBA", 8, 8, 1), "rot": ("RGB", 8, 8, 6)}
+    assert index["source_modes"] == {"I;16": 1, "P": 1, "RGB": 2, "RGBA": 1}
+    assert index["num_converted_on_read"] == 3 and index["num_oriented_on_read"] == 1
+    assert index["reencoded"] == {"GIF P": 1}
+    (skip,) = index["skipped"]
+    assert skip["path"].endswith("deep.tif") and "outside 0..65535" in skip["reason"]
+    samples = read_shards(out)
+    assert samples["g16"]["data"] == files["g16.png"]  # stored as is: converted on read only
+    assert summary_line(index, out) == (
+        f"wrote 5 samples in 1 shards to {out}; skipped 1 (see index.json); converted on read: "
+        "1 I;16 (scaled /257), 1 P (palette to RGB), 1 RGBA (composited on white); "
+        "EXIF orientation applied on read: 1; re-encoded as PNG: 1 GIF P")
+    _check_layout(out, index, samples)
+
+
 def test_nuswide_layout(tmp_path):
     root = tmp_path / "nus"
     (root / "ImageList").mkdir(parents=True)

@@ -21,8 +21,8 @@ Same samples, labels, steps and crop boxes as the CPU path; only where pixels ar
 changes. The CPU path may decode a JPEG at 1/2, 1/4 or 1/8 scale (PIL draft mode) and
 draws the crop on that size; here the crop is drawn on the same size and scaled to the
 full-resolution image nvJPEG returns, so both paths cut the same region and agree within
-JPEG decoder tolerance. What nvJPEG should not get (PNG, WebP, CMYK JPEGs, a JPEG whose
-draft size we cannot reproduce) is decoded on the CPU in the worker, exactly as the CPU
+JPEG decoder tolerance. What nvJPEG should not get (PNG, WebP, CMYK JPEGs, EXIF-rotated
+JPEGs, a JPEG whose draft size we cannot reproduce) is decoded on the CPU in the worker, exactly as the CPU
 path does, and then cropped on the GPU like the rest. No CUDA, or no working nvJPEG:
 `resolve_device` returns None and the reader keeps the CPU path (one warning).
 """
@@ -41,7 +41,8 @@ from PIL import Image
 from .prefetch import add_seconds, prefetch
 from .records import Record
 from .resize import crop_resize, crop_resize_batch, resize_weights
-from .transforms import TrainTransform, decode_image
+from .decode import decode_image, orientation
+from .transforms import TrainTransform
 
 __all__ = ["PackedBatch", "pack_batch", "on_cpu_share", "jpeg_geometry", "scale_box", "BatchDecoder", "decode_jpeg",
            "resolve_device", "prefetch", "crop_resize", "crop_resize_batch", "resize_weights"]
@@ -140,15 +141,16 @@ def on_cpu_share(position: int, share: float) -> bool:
 
 def jpeg_geometry(data: bytes, min_size: int) -> tuple[int, int, tuple[int, int], int] | None:
     """(width, height, size the CPU path decodes at, its scale factor) of a JPEG that nvJPEG
-    can take, from the header alone; None when the image must be decoded on the CPU.
+    can take, from the header alone; None when the image must be decoded on the CPU (CMYK,
+    YCCK, or an EXIF orientation to apply: `decode.decode_image` handles those).
 
-    Repeats `transforms.decode_image`'s draft call (which only reads the header) so the
+    Repeats `decode.decode_image`'s draft call (which only reads the header) so the
     crop is drawn on the very size the CPU path would draw it on.
     """
     if not data.startswith(JPEG_MAGIC):
         return None
     img = Image.open(io.BytesIO(data), formats=["JPEG"])
-    if img.mode not in _NVJPEG_MODES:
+    if img.mode not in _NVJPEG_MODES or orientation(img) != 1:  # nvJPEG ignores EXIF orientation
         return None
     width, height = img.size
     img.draft("RGB", (min_size, min_size))

@@ -1,7 +1,7 @@
 """Raw samples out of tar shards, safely: the "read" stage of the input pipeline.
 
 A `Record` is still-encoded image bytes plus labels. Decoding is a separate stage
-(`transforms.decode_image` on the CPU today; a batched GPU decoder can take the same
+(`decode.decode_image` on the CPU; a batched GPU decoder can take the same
 records later), so splitting, shuffling and reading never depend on how images
 are decoded.
 

@@ -1,4 +1,4 @@
-"""Image decoding and the train / eval transforms: the CPU "decode" stage.
+"""The train / eval transforms of the CPU "decode" stage (decoding itself: `decode.py`).
 
 Randomness comes from an explicit `numpy.random.Generator`, never from torch's
 global RNG: the reader seeds one per (seed, epoch, rank, worker), so an epoch's
@@ -8,7 +8,6 @@ Test and OOD sets only ever get `eval_transform` (no augmentation).
 """
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -17,34 +16,13 @@ from PIL import Image
 from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
+# The one decoder (conventions per image mode in its docstring); re-exported here, where
+# callers have always found it.
+from .decode import decode_image, to_rgb  # noqa: F401
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Pillow picks a decoder by content, not by name; restricting the formats keeps a
-# hostile ".jpg" from reaching decoders such as EPS (which runs Ghostscript).
-_FORMATS = ("JPEG", "PNG", "WEBP")
 _RATIO = (3 / 4, 4 / 3)
-
-
-def decode_image(data: bytes, *, min_size: int | None = None) -> Image.Image:
-    """Encoded bytes -> RGB PIL image.
-
-    `min_size` lets JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling, much cheaper)
-    as long as both sides stay >= min_size; callers pass the smallest size their
-    transform can use without upsampling more than a full decode would.
-    """
-    img = Image.open(io.BytesIO(data), formats=_FORMATS)
-    if min_size is not None and img.format == "JPEG":
-        img.draft("RGB", (min_size, min_size))
-    return to_rgb(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Three channels always: grey, CMYK and palette images exist in every real dataset."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
 
 
 class TrainTransform:
