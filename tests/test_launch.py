@@ -2,6 +2,7 @@
 import pytest
 
 import launch
+from tests.conftest import tiny_overrides
 from tests.test_eval_cli import one_line_error
 
 
@@ -9,8 +10,10 @@ def test_missing_config(capsys):
     one_line_error(capsys, ["train", "--config", "missing.yaml"], "config file 'missing.yaml' not found")
 
 
-def test_address_pointing_at_nothing(capsys):
-    one_line_error(capsys, ["train", "--config", "configs/tiny.yaml", "--address", "127.0.0.1:1"],
+def test_address_pointing_at_nothing(capsys, tiny_shards, tmp_path):
+    # inputs exist (they are checked first, before Ray): the unreachable address is the error
+    one_line_error(capsys, ["train", "--config", "configs/tiny.yaml", "--address", "127.0.0.1:1",
+                            *tiny_overrides(tiny_shards, tmp_path / "runs")],
                    "no Ray cluster at 127.0.0.1:1")
 
 
