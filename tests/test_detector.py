@@ -33,10 +33,8 @@ def reference(tiny_checkpoint, tiny_shards):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("det") / "tiny-edge"
-    res = export_detector(str(tiny_checkpoint.parent), str(out), score="jointenergy")  # a run folder
-    return out, res
+def exported(tiny_detector):
+    return tiny_detector
 
 
 @pytest.mark.parametrize("score", SCORES)

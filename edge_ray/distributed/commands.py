@@ -59,7 +59,7 @@ def resume_hint(args) -> str:
     return f"nothing was written (results are written at the end); run it again with: {again(argv)}"
 
 
-INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards", "compare", "export"}
+INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards", "compare", "export", "predict"}
 
 
 def cmd_train(args) -> int:
@@ -134,6 +134,11 @@ def add_export(sub, common) -> None:
     add_parser(sub, common)
 
 
+def add_predict(sub, common) -> None:
+    from edge_ray.distributed.predict import add_parser
+    add_parser(sub, common)
+
+
 def add_tune(sub, common) -> None:
     from edge_ray.distributed.tune import add_parser
     add_parser(sub, common)
@@ -146,7 +151,7 @@ def dispatch(args) -> int:
         return cmd_eval(args)
     if args.command == "shards":
         return cmd_shards(args)
-    return args.run(args)  # demo, rank-oe, tune, compare, export set their own handler
+    return args.run(args)  # demo, rank-oe, tune, compare, export, predict set their own handler
 
 
 def print_json(obj) -> None:
