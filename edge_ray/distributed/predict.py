@@ -162,12 +162,15 @@ def write_parquet(ds, out: str) -> dict:
 
     target = f"{out}.part" if storage.is_local(out) else out
     counts = {"images": 0, "errors": 0, "unknown": 0, "error_examples": []}
+    start = time.perf_counter()
     try:
         with storage.open_output_stream(target) as sink:
             with pq.ParquetWriter(sink, SCHEMA) as writer:
                 for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                     table = table.select(SCHEMA.names).cast(SCHEMA)
                     writer.write_table(table)
+                    if not counts["images"]:  # start-up (actors, first reads) ends here
+                        counts.update(first_rows=table.num_rows, first_seconds=time.perf_counter() - start)
                     _count(table, counts)
         if target != out:
             storage.move(target, out)
