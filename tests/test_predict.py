@@ -107,6 +107,12 @@ def test_manifest_on_object_storage_with_two_actors(ray_local, tiny_detector, ti
     assert got[3]["error"].startswith("cannot read the file") and "does not exist" in got[3]["error"]
     assert got[4]["error"] == "empty file (0 bytes)" and got[4]["path"] == f"{bucket}/images/empty.png"
     assert "predicted 5 images (manifest)" in printed and "2 error(s)" in printed
+    code, printed = predict(capsys, "--model", f"{bucket}/models/tiny", "--input", f"{bucket}/images",
+                            "--out", f"{bucket}/out/folder.parquet")  # the same files as an s3:// folder
+    by_key = {r["key"]: r for r in rows(f"{bucket}/out/folder.parquet")}
+    assert code == 0 and set(by_key) == set(good) | {"truncated.jpg", "empty.png", "notes.txt"}
+    assert by_key["a.png"]["path"] == f"{bucket}/images/a.png"
+    assert by_key["nested/deeper/c.png"]["score"] == pytest.approx(got[2]["score"], rel=1e-6)
 
 
 def test_bad_requests_are_one_line(ray_local, tiny_detector, tiny_shards, tmp_path, capsys, monkeypatch):
