@@ -150,17 +150,3 @@ def test_the_gpu_runs_variants_parse_and_hold_the_pinning_a_b():
     for p in unpinned:  # each has its twin that leaves pinning to the loader
         assert dict(p, pin=None) in parsed
     assert any(p["pin"] is None for p in parsed)  # something (c) can repeat
-
-
-@pytest.mark.slow
-def test_predict_smoke(ray_local, tmp_path):
-    """predict with 1 and 2 actors and eval on the same images: a rate for each, the same scores."""
-    from benchmarks import predict
-
-    result = predict.main(["--smoke", "--json", str(tmp_path / "p.json")])
-    rows = {r["run"]: r for r in result["rows"]}
-    assert set(rows) == {"predict, 1 actor", "predict, 2 actors", "eval, 1 torch thread"}
-    assert all(finite_positive(r["img_per_s"]) and r["images"] == 96 for r in rows.values())
-    assert all(rows[k]["max_rel_diff_vs_eval"] < 1e-5 for k in ("predict, 1 actor", "predict, 2 actors"))
-    assert json.loads((tmp_path / "p.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
-    assert ray_local.is_initialized()
