@@ -37,7 +37,7 @@ def test_predict_smoke(ray_local, tmp_path):
     for r in rows.values():
         assert r["images"] == 96 and finite_positive(r["img_per_s"]) and finite_positive(r["seconds"])
     for name in ("predict, 1 actor", "predict, 2 actors"):
-        assert rows[name]["max_rel_diff_vs_eval"] < 1e-5 and 0 < rows[name]["start_s"] <= rows[name]["seconds"]
+        assert rows[name]["max_rel_diff_vs_eval"] < 1e-5 and 0 < rows[name]["first_row_s"] <= rows[name]["seconds"]
     assert json.loads((tmp_path / "predict.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert ray_local.is_initialized()
 
