@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 from edge_ray import storage
-from edge_ray.checkpoint import find_checkpoint, load_checkpoint, load_trained
+from edge_ray.checkpoint import HISTORY_FILE, find_checkpoint, load_trained
 from edge_ray.data import load_index
 from edge_ray.detector import Detector
 from edge_ray.evaluation import (check_score_names, collect_set, eval_options, evaluate, fit_scorers,
@@ -86,7 +86,8 @@ def export_detector(checkpoint: str, out: str, *, score: str = "jointenergy", tp
                         threshold=threshold["value"], label_thresholds=thresholds,
                         threshold_info={k: v for k, v in threshold.items() if k != "value"},
                         config=cfg.to_dict(), device=device)
-    _, history, _ = load_checkpoint(checkpoint)
+    history_at = storage.join(checkpoint, HISTORY_FILE)
+    history = storage.read_json(history_at) if storage.exists(history_at) else []
     card = build_card(detector, cfg, checkpoint=checkpoint, history=history, indexes=(train_index, val_index),
                       locations=locations, result=result, label_rule=rule, opts=opts,
                       val_map=_map_or_none(val["logits"], val["targets"]))
