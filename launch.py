@@ -8,6 +8,8 @@
     python launch.py rank-oe --id data/demo/id_train --candidates data/demo/oe_*
     python launch.py tune --config configs/tiny.yaml --space tuning/paper_grid.yaml --trials 8
     python launch.py compare --methods bce oe energyoe edge --seeds 5   # mean ± std, paired tests
+    python launch.py export --checkpoint runs/tiny --score jointenergy --out models/tiny-edge
+    python launch.py predict --model models/tiny-edge --input data/demo-quick/ood_letters --out preds.parquet
 
 Every command connects to --address / RAY_ADDRESS when given (as inside `ray job submit`)
 and starts a local Ray otherwise. Errors are one line with the fix; --debug shows tracebacks.
@@ -21,7 +23,7 @@ import sys
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-COMMANDS = ("demo", "shards", "rank-oe", "train", "tune", "compare", "eval")
+COMMANDS = ("demo", "shards", "rank-oe", "train", "tune", "compare", "eval", "export", "predict")
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,6 +88,8 @@ def build_parser() -> Parser:
     commands.add_tune(sub, _common)
     commands.add_compare(sub, _common)
     _add_eval(sub)
+    commands.add_export(sub, _common)
+    commands.add_predict(sub, _common)
     return parser
 
 

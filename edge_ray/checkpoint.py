@@ -45,6 +45,38 @@ def load_checkpoint(folder) -> tuple[dict, list, dict]:
     return state, history, config
 
 
+def load_trained(checkpoint_dir: str):
+    """(model, Config, number of classes) of a checkpoint written by the training worker:
+    the network rebuilt from the run's config and loaded with its weights (eval mode is the
+    caller's)."""
+    from edge_ray.config import from_dict
+    from edge_ray.models import build_model
+
+    state, _, config = load_checkpoint(checkpoint_dir)
+    cfg = from_dict(config)
+    num_classes = state["model"]["head.weight"].shape[0]
+    model = build_model(cfg.model.name, num_classes, width=cfg.model.width)
+    model.load_state_dict(state["model"])
+    return model, cfg, num_classes
+
+
+def find_checkpoint(location: str) -> str:
+    """A checkpoint folder as given, or for a run folder (``runs/tiny``) its newest completely
+    written checkpoint; a clear error when the location is neither."""
+    location = storage.normalize(location)
+    names = storage.listdir(location) if storage.is_dir(location) else {}
+    if STATE_FILE in names:
+        return location
+    if any(n.startswith("checkpoint_") for n in names):
+        found = latest_checkpoint(location)
+        if found is not None:
+            return found[0]
+        raise FileNotFoundError(f"{location} holds no completely written checkpoint_* folder; "
+                                "train again or pass one checkpoint_* folder")
+    raise FileNotFoundError(f"{location} is neither a training checkpoint (no {STATE_FILE}) nor a run "
+                            "folder with checkpoint_* folders; pass e.g. runs/tiny or runs/tiny/checkpoint_...")
+
+
 def checkpoint_folders(run_dir: str) -> list[str]:
     """The ``checkpoint_*`` folders of a run, newest last (Ray names them by time or number)."""
     names = sorted(n for n, kind in storage.listdir(run_dir).items()

@@ -61,6 +61,13 @@ class EvalOptions:
     loader_workers: int = 0
 
 
+def eval_options(cfg, device: str = "cpu") -> EvalOptions:
+    """Evaluation settings of a run (a ``Config``): its image size and normalisation, its
+    eval section."""
+    return EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
+                       batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
+
+
 def _loader(index, opts: EvalOptions):
     return eval_loader(index, batch_size=opts.batch_size, image_size=opts.image_size,
                        num_workers=opts.loader_workers, mean=opts.mean, std=opts.std)
@@ -109,7 +116,9 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     """Every requested score on every OOD set, ID mAP, tail-only metrics and head/tail curves.
 
     Returns a JSON-serialisable dict (see ``edge_ray.report`` for the layout on disk) and
-    keeps the raw ID/OOD JointEnergy arrays under ``"_arrays"`` for the histograms.
+    keeps, under keys that are not written, the raw ID/OOD JointEnergy arrays (``"_arrays"``,
+    for the histograms), the fitted scorers (``"_scorers"``) and every score of every ID test
+    image with its key (``"_id_test"``).
     """
     names = check_score_names(score_names)
     model = model.to(opts.device).eval()
@@ -127,9 +136,10 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
               "num_id_test": int(len(test_out["keys"])), "num_tail_only": int(tail.sum()),
               "ood_sets": {s.name: s.num_samples for s in sets.ood}, "scores": {},
               "scorer_state": {n: s.params for n, s in scorers.items()}}
+    id_scores = {}
     for name in tqdm(names, desc="scores", mininterval=1.0):
         scorer = scorers[name]
-        id_s = _score(scorer, test_out, model, sets.id_test, opts)
+        id_s = id_scores[name] = _score(scorer, test_out, model, sets.id_test, opts)
         per_set = {}
         for s in sets.ood:
             o = _score(scorer, ood_out[s.name], model, s, opts)
@@ -141,7 +151,24 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
         result["scores"][name] = per_set
     result["_arrays"] = _energy_arrays(test_out, ood_out, tail, counts)
     result["_scorers"] = scorers
+    result["_id_test"] = {"keys": list(test_out["keys"]), "scores": id_scores}
     return result
+
+
+def collect_set(model, index, opts: EvalOptions, *, limit: int | None = None, progress: bool = True) -> dict:
+    """Features, logits, targets and keys of a shard set (its first ``limit`` images)."""
+    model = model.to(opts.device).eval()
+    total = index.num_samples if limit is None else min(limit, index.num_samples)
+    with tqdm(total=total, unit="img", desc="features", mininterval=1.0, disable=not progress) as bar:
+        return _collect(model, index, opts, bar, limit=limit)
+
+
+def score_set(scorer, model, index, opts: EvalOptions, *, progress: bool = True) -> dict:
+    """One pass over a shard set with a fitted scorer, as ``evaluate`` scores its sets:
+    ``keys``, ``scores`` [N], ``logits`` [N, C] and ``targets`` [N, C]."""
+    out = collect_set(model, index, opts, progress=progress)
+    return {"keys": out["keys"], "scores": _score(scorer, out, model, index, opts),
+            "logits": out["logits"], "targets": out["targets"]}
 
 
 def _energy_arrays(test_out, ood_out, tail, counts) -> dict:

@@ -5,6 +5,8 @@ All metrics are fractions in [0, 1], computed in float64 with exact tie handling
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from edge_ray.validation import as_float64_matrix, as_float64_vector, check_binary
@@ -19,12 +21,46 @@ def fpr_at_95_tpr(id_scores, ood_scores) -> float:
     (The released code picks the threshold whose ID recall is *nearest* 0.95; this one
     takes the first threshold that reaches it, so it never reports a recall below 95%.)
     """
-    id_s = np.sort(as_float64_vector(id_scores, "ID scores"))[::-1]
     ood_s = as_float64_vector(ood_scores, "OOD scores")
-    num, den = TPR_LEVEL
-    needed = -(-num * id_s.size // den)  # ceil(0.95 n) ID samples must score >= t
-    threshold = id_s[needed - 1]
+    threshold = tpr_threshold(id_scores, Fraction(*TPR_LEVEL))
     return float(np.mean(ood_s >= threshold))
+
+
+def tpr_threshold(id_scores, tpr=Fraction(*TPR_LEVEL)) -> float:
+    """The largest ``t`` such that at least a fraction ``tpr`` of the ID scores are >= t (the
+    FPR95 rule above at any level): ``S(x) >= t`` keeps ``ceil(tpr * n)`` ID samples or more.
+
+    ``tpr`` is taken as the decimal it is written as (0.95 -> 19/20 exactly), so ``tpr * n``
+    never rounds the wrong way; it must lie in (0, 1].
+    """
+    id_s = np.sort(as_float64_vector(id_scores, "ID scores"))[::-1]  # refuses an empty set
+    level = tpr if isinstance(tpr, Fraction) else Fraction(str(float(tpr)))
+    if not 0 < level <= 1:
+        raise ValueError(f"tpr must lie in (0, 1], got {float(level)}")
+    needed = -(-level.numerator * id_s.size // level.denominator)  # ceil(tpr * n)
+    return float(id_s[needed - 1])
+
+
+def best_f1_thresholds(probabilities, targets, *, default: float = 0.5) -> np.ndarray:
+    """Per class, the probability threshold ``t`` (predict the class when ``p >= t``) with the
+    highest F1 on the given (validation) set; the highest such ``t`` on ties. Candidates are
+    the probabilities of the class's positives; a class without positives keeps ``default``."""
+    p = as_float64_matrix(probabilities, "probabilities")
+    t = np.asarray(targets)
+    if t.shape != p.shape:
+        raise ValueError(f"targets shape {t.shape} does not match probabilities shape {p.shape}")
+    check_binary(t, "targets")
+    out = np.full(p.shape[1], float(default))
+    for c in range(p.shape[1]):
+        positives = int(t[:, c].sum())
+        if positives == 0:
+            continue
+        tps, fps = _binary_curve(p[:, c], t[:, c].astype(np.float64))
+        thresholds = np.sort(np.unique(p[:, c]))[::-1]  # the distinct scores, as _binary_curve groups them
+        f1 = 2 * tps / (tps + fps + positives)
+        best = np.flatnonzero(f1 == f1.max())[0]       # the first = the highest threshold
+        out[c] = thresholds[best]
+    return out
 
 
 def _binary_curve(scores: np.ndarray, labels: np.ndarray):

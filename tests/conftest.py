@@ -117,3 +117,13 @@ def tiny_checkpoint(tiny_shards, tmp_path_factory):
     return save_checkpoint(storage / "checkpoint_000000", model_state=model.state_dict(),
                            optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict(),
                            epoch=0, resumes=0, seed=0, history=[stats], config=cfg.to_dict())
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tiny_checkpoint, tmp_path_factory):
+    """``tiny_checkpoint`` exported with JointEnergy at 95% TPR (``launch.py export``'s work)."""
+    from edge_ray.export import export_detector
+
+    out = tmp_path_factory.mktemp("detector") / "tiny-edge"
+    result = export_detector(str(tiny_checkpoint.parent), str(out), score="jointenergy")  # a run folder
+    return out, result

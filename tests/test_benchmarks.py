@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import rank_oe, reader, throughput
+from benchmarks import predict, rank_oe, reader, throughput
 
 
 def finite_positive(x) -> bool:
@@ -26,6 +26,20 @@ def test_rank_oe_smoke(ray_local, tmp_path):
     saved = json.loads((tmp_path / "rank.json").read_text())
     assert saved.keys() == result.keys()
     assert ray_local.is_initialized()  # the session's Ray is left running
+
+
+@pytest.mark.slow
+def test_predict_smoke(ray_local, tmp_path):
+    """predict with 1 and 2 actors and eval on the same images: rates, and the same scores."""
+    result = predict.main(["--smoke", "--json", str(tmp_path / "predict.json")])
+    rows = {r["run"]: r for r in result["rows"]}
+    assert set(rows) == {"predict, 1 actor", "predict, 2 actors", "eval, 1 torch thread"}
+    for r in rows.values():
+        assert r["images"] == 96 and finite_positive(r["img_per_s"]) and finite_positive(r["seconds"])
+    for name in ("predict, 1 actor", "predict, 2 actors"):
+        assert rows[name]["max_rel_diff_vs_eval"] < 1e-5 and 0 < rows[name]["first_row_s"] <= rows[name]["seconds"]
+    assert json.loads((tmp_path / "predict.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    assert ray_local.is_initialized()
 
 
 @pytest.mark.slow

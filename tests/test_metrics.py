@@ -100,3 +100,49 @@ def test_bad_inputs():
         metrics.mean_average_precision(np.zeros((3, 2)), np.full((3, 2), 2))
     with pytest.raises(ValueError, match="1-D"):
         metrics.ood_metrics(np.zeros((2, 2)), [1.0])
+
+
+@pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5, 1.0, 0.01, 0.999])
+@pytest.mark.parametrize("id_s,_", cases())
+def test_tpr_threshold_vs_brute_force(id_s, _, tpr):
+    # The largest candidate t with at least tpr of the ID scores >= t, counted exactly.
+    from fractions import Fraction
+
+    level = Fraction(str(tpr))
+    best = max(t for t in set(id_s) if np.sum(id_s >= t) * level.denominator >= level.numerator * len(id_s))
+    t = metrics.tpr_threshold(id_s, tpr)
+    assert t == best
+    kept = np.mean(id_s >= t)
+    assert kept >= tpr - 1e-12
+    if len(set(id_s)) == len(id_s):  # without ties it keeps less than one sample more than asked
+        assert kept < tpr + 1 / len(id_s) + 1e-12
+
+
+def test_tpr_threshold_bad_input():
+    with pytest.raises(ValueError, match="tpr must lie in"):
+        metrics.tpr_threshold([1.0, 2.0], 1.5)
+    with pytest.raises(ValueError, match="tpr must lie in"):
+        metrics.tpr_threshold([1.0, 2.0], 0)
+    with pytest.raises(ValueError, match="ID scores is empty"):
+        metrics.tpr_threshold([], 0.95)
+
+
+def test_best_f1_thresholds_vs_brute_force():
+    rng = np.random.default_rng(4)
+    n, c = 60, 5
+    p = np.round(rng.random((n, c)), 2)  # ties
+    t = (rng.random((n, c)) < 0.3).astype(int)
+    t[:, -1] = 0  # no positive: keeps the default
+    got = metrics.best_f1_thresholds(p, t, default=0.4)
+    for j in range(c):
+        if not t[:, j].any():
+            assert got[j] == 0.4
+            continue
+        def f1(th):
+            pred = p[:, j] >= th
+            tp = np.sum(pred & (t[:, j] == 1))
+            return 2 * tp / (pred.sum() + t[:, j].sum())
+        scores = {th: f1(th) for th in np.unique(p[:, j])}
+        best = max(scores.values())
+        assert f1(got[j]) == pytest.approx(best, abs=1e-12)
+        assert got[j] == max(th for th, v in scores.items() if v == best)

@@ -11,7 +11,8 @@ from edge_ray.distributed.cluster import ClusterError, connect
 
 def is_user_error(err: Exception) -> bool:
     """Errors that come from input (files, configs, addresses): shown as one line."""
-    return isinstance(err, (ValueError, FileNotFoundError, ClusterError, ConfigError, NotImplementedError))
+    return isinstance(err, (ValueError, FileNotFoundError, FileExistsError, ClusterError, ConfigError,
+                            NotImplementedError))
 
 
 def root_cause(err: BaseException) -> BaseException:
@@ -58,7 +59,7 @@ def resume_hint(args) -> str:
     return f"nothing was written (results are written at the end); run it again with: {again(argv)}"
 
 
-INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards", "compare"}
+INTERRUPTIBLE = {"train", "eval", "rank-oe", "demo", "shards", "compare", "export", "predict"}
 
 
 def cmd_train(args) -> int:
@@ -130,6 +131,16 @@ def add_compare(sub, common) -> None:
     add_parser(sub, common)
 
 
+def add_export(sub, common) -> None:
+    from edge_ray.distributed.export import add_parser
+    add_parser(sub, common)
+
+
+def add_predict(sub, common) -> None:
+    from edge_ray.distributed.predict import add_parser
+    add_parser(sub, common)
+
+
 def add_tune(sub, common) -> None:
     from edge_ray.distributed.tune import add_parser
     add_parser(sub, common)
@@ -142,7 +153,7 @@ def dispatch(args) -> int:
         return cmd_eval(args)
     if args.command == "shards":
         return cmd_shards(args)
-    return args.run(args)  # demo, rank-oe, tune, compare set their own handler
+    return args.run(args)  # demo, rank-oe, tune, compare, export, predict set their own handler
 
 
 def print_json(obj) -> None:

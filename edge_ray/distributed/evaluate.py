@@ -2,30 +2,13 @@
 from __future__ import annotations
 
 import ray
-import torch
 
-from edge_ray.checkpoint import load_checkpoint
-from edge_ray.config import Config, from_dict
+from edge_ray.checkpoint import load_trained
 from edge_ray.recipes import recipe_record
-from edge_ray.evaluation import EvalOptions, evaluate, open_sets
-from edge_ray.models import build_model
+from edge_ray.evaluation import eval_options, evaluate, open_sets
 from edge_ray.report import write_results
 
-
-def load_trained(checkpoint_dir: str) -> tuple[torch.nn.Module, Config, int]:
-    """Model, config and number of classes from a checkpoint written by the training worker."""
-    state, _, config = load_checkpoint(checkpoint_dir)
-    cfg = from_dict(config)
-    num_classes = state["model"]["head.weight"].shape[0]
-    model = build_model(cfg.model.name, num_classes, width=cfg.model.width)
-    model.load_state_dict(state["model"])
-    return model, cfg, num_classes
-
-
-def eval_options(cfg: Config, device: str = "cpu") -> EvalOptions:
-    """Evaluation settings of a run: its image size and normalisation, its eval section."""
-    return EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
-                       batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
+__all__ = ["load_trained", "eval_options", "evaluate_checkpoint", "evaluate_remote"]  # the first two live in the core
 
 
 def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, scores, id_train=None, id_test=None,
