@@ -52,7 +52,9 @@ def test_saved_and_loaded_detector_scores_as_eval(reference, tiny_shards, tmp_pa
     images = id_images(tiny_shards / "id_test")
     keys = result["_id_test"]["keys"]
     out = loaded.predict([images[k] for k in keys], batch_size=48)
-    np.testing.assert_allclose(out.scores, result["_id_test"]["scores"][score], rtol=1e-5, atol=1e-7)
+    want = result["_id_test"]["scores"][score]
+    # float32 sums in another order (ASH's pruning and rescaling amplifies them): 1e-5 of the scale
+    np.testing.assert_allclose(out.scores, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_export_writes_the_folder(exported, reference, tiny_checkpoint):

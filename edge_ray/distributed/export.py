@@ -47,9 +47,17 @@ def run(args) -> int:
 
         from edge_ray.distributed.cluster import connect
 
+        # the task runs in its own working folder (maybe on another node): every relative
+        # location is made absolute here, on the driver
+        for key in ("id_train", "id_val", "id_test"):
+            if kwargs[key]:
+                kwargs[key] = storage.normalize(kwargs[key])
+        if kwargs["ood"]:
+            kwargs["ood"] = [storage.normalize(o) for o in kwargs["ood"]]
         connect(args.address)
         task = ray.remote(num_cpus=1, num_gpus=1)(export_detector)
-        res = ray.get(task.remote(args.checkpoint, storage.normalize(args.out), device="cuda", **kwargs))
+        res = ray.get(task.remote(storage.normalize(args.checkpoint), storage.normalize(args.out),
+                                  device="cuda", **kwargs))
     else:
         res = export_detector(args.checkpoint, args.out, **kwargs)
     t, card = res["threshold"], res["card"]
