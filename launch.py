@@ -2,13 +2,13 @@
 """EDGE on Ray: one entry point for a laptop and for `ray job submit` on a cluster.
 
     python launch.py demo                       # the embedded benchmark end to end
-    python launch.py shards demo --out data/demo
-    python launch.py train --config configs/tiny.yaml loss.beta=0.1
-    python launch.py eval --checkpoint runs/tiny/checkpoint_... --scores jointenergy maxlogit
+    python launch.py shards demo --quick --out data/demo
+    python launch.py train --config configs/tiny.yaml loss.beta=0.1 train.run_name=tiny-beta
+    python launch.py eval --checkpoint runs/tiny --scores jointenergy maxlogit   # its newest checkpoint
     python launch.py rank-oe --id data/demo/id_train --candidates data/demo/oe_*
-    python launch.py tune --config configs/tiny.yaml --space tuning/paper_grid.yaml --trials 8
+    python launch.py tune --config configs/tiny.yaml --space tuning/paper_grid.yaml --trials 8 data.oe_val=data/demo-quick/oe_digit7
     python launch.py compare --methods bce oe energyoe edge --seeds 5   # mean ± std, paired tests
-    python launch.py export --checkpoint runs/tiny --score jointenergy --out models/tiny-edge
+    python launch.py export --checkpoint runs/tiny --score jointenergy --tpr 0.95 --out models/tiny-edge
     python launch.py predict --model models/tiny-edge --input data/demo-quick/ood_letters --out preds.parquet
 
 Every command connects to --address / RAY_ADDRESS when given (as inside `ray job submit`)
@@ -48,7 +48,7 @@ def _add_train(sub) -> None:
                        description="Train a multi-label model with DDP on Ray Train; resumes when run "
                                    "again with the same train.run_name and train.storage_path.",
                        epilog="example:\n  python launch.py train --config configs/tiny.yaml "
-                              "loss.method=edge loss.beta=0.1 train.num_workers=2")
+                              "loss.method=edge loss.beta=0.1 train.num_workers=2 train.run_name=tiny-2w")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.m=3")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
@@ -60,9 +60,9 @@ def _add_eval(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="One pass over the ID test set and every OOD set; writes results.json, "
                                    "table.md, table.csv and PNG figures.",
-                       epilog="example:\n  python launch.py eval --checkpoint runs/tiny/checkpoint_2026-... "
+                       epilog="example:\n  python launch.py eval --checkpoint runs/tiny "
                               "--ood data/demo/ood_letters data/demo/ood_scribble --scores jointenergy maxlogit")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint_* folder of a training run "
+    p.add_argument("--checkpoint", required=True, help="a checkpoint_* folder, or a run folder (its newest complete checkpoint) "
                                                         "(a local path or a URI such as s3://bucket/runs/...)")
     p.add_argument("--id-train", help="ID training shards (fits Mahalanobis/ReAct/ViM; default: from the run)")
     p.add_argument("--id-test", help="ID test shards (default: from the run's config)")
@@ -115,4 +115,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code in (130, 143):
+        # Interrupted: the command's thread may still be inside torch or Ray's native code, and an
+        # ordinary interpreter exit can then abort (SIGABRT) while tearing them down. Everything
+        # that matters is written and the hint is printed, so leave at once with the right status.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

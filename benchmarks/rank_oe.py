@@ -66,7 +66,7 @@ def time_pool(model, id_dir: str, cands: list[str], opts: RankOptions, workers: 
 
     owned = not ray.is_initialized()  # under pytest: the session's Ray, left running
     if owned:
-        ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     try:
         def timed(w):

@@ -199,17 +199,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--oe-batch-size", type=int, default=64)
-    p.add_argument("--arrangements", nargs="+", default=["project"], choices=["project", "baseline"],
-                   help="the project's reader and/or the plain webdataset + torchvision baseline")
+    p.add_argument("--arrangements", nargs="+", default=["project", "baseline"], choices=["project", "baseline"],
+                   help="the project's reader and/or the plain webdataset + torchvision baseline (default: both)")
     p.add_argument("--stores", nargs="+", default=["local"], choices=["local", "s3"],
                    help="read from local disk and/or a local S3 API server (separate process)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per configuration, interleaved; best kept")
+    p.add_argument("--repeat", type=int, default=3, help="runs per configuration, interleaved; best kept "
+                   "(default 3: one configuration's CPU ms/img moves up to 1.8x between runs on a shared machine)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--smoke", action="store_true", help="tiny run, a few seconds")
     args = p.parse_args(argv)
     if args.smoke:
         args.num_images, args.source_size, args.batch_size, args.oe_batch_size = 96, (64, 64), 8, 8
-        args.image_sizes = [32]
+        args.image_sizes, args.repeat = [32], 1
 
     with tempfile.TemporaryDirectory(prefix="reader-bench-") as tmp, contextlib.ExitStack() as stack:
         t0 = time.perf_counter()

@@ -18,6 +18,13 @@ channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
                    where (c) loses against (a), this says whether Ray is the cause;
                    `--profile-dir` adds a torch.profiler trace of 8 steps of the fastest;
   (e) diagnostic   the GPU-decode loader alone, no training: the input path's own speed.
+  (f) CPU input    the CPU-decode input path alone (no model, no GPU), as benchmarks/reader.py
+                   measures it: CPU ms per image (ID + OE) of the project's reader and of the
+                   plain webdataset + torchvision baseline on the same shards and sizes, and
+                   the feed rate a node would reach with `--loader-workers` loader processes:
+                   workers x 1000 / CPU ms per image. Beside (a)'s compiled rate (when a GPU
+                   is there) it says whether that node shape can feed >= 0.95 x the compiled
+                   step; on a CPU-only machine it is the prediction to check on the GPU node.
 
 Where CUDA is there, (a) and (d) also time each step on the training stream with CUDA
 events: "GPU ms/step" (median) against (a)'s says whether the step itself got slower
@@ -229,9 +236,59 @@ def start_ray(args, use_gpu: bool) -> bool:
         return False
     # Ray's processes inherit this environment: the workers find edge_ray through it.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), num_gpus=1 if use_gpu else 0,
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), num_gpus=1 if use_gpu else 0,
              include_dashboard=False, log_to_driver=not args.smoke)
     return True
+
+
+# ------------------------------------------------------------------ (f) CPU input path
+
+
+def cpu_input(args, id_dir: Path, oe_dir: Path) -> dict:
+    """(f): CPU ms per image of the project's reader and the plain baseline, interleaved,
+    best of --f-repeat; the predicted feed of --loader-workers processes at that cost."""
+    from benchmarks.reader import measure
+    from edge_ray.data import load_index
+
+    id_index, oe_index = load_index(str(id_dir)), load_index(str(oe_dir))
+    runs: dict = {"project": [], "baseline": []}
+    for _ in range(args.f_repeat):
+        for arrangement in runs:
+            runs[arrangement].append(measure(id_index, oe_index, workers=args.f_workers,
+                                             image_size=args.image_size, batch_size=args.batch_size,
+                                             oe_batch_size=args.oe_batch_size, arrangement=arrangement))
+    out: dict = {"measured_workers": args.f_workers, "node_workers": args.loader_workers}
+    for arrangement, rs in runs.items():
+        best = min(rs, key=lambda r: r["cpu_ms_per_img"])
+        feed = args.loader_workers * 1000.0 / best["cpu_ms_per_img"]
+        out[arrangement] = {**best, "cpu_ms_per_img_runs": [r["cpu_ms_per_img"] for r in rs],
+                            "predicted_feed_img_s": round(feed, 1)}
+        print(f"(f) {arrangement}: {best['cpu_ms_per_img']:.3f} CPU ms/img (best of {len(rs)}, "
+              f"{args.f_workers} workers here) -> {args.loader_workers} loader workers feed "
+              f"~{feed:,.0f} img/s", flush=True)
+    out["cpu_vs_baseline"] = round(out["project"]["cpu_ms_per_img"] / out["baseline"]["cpu_ms_per_img"], 3)
+    out["img_per_s"] = out["project"]["predicted_feed_img_s"]
+    return out
+
+
+def feed_verdict(results: dict, loader_workers: int) -> str | None:
+    """(f)'s predicted feed against 0.95 x (a)'s compiled rate, when both are there."""
+    f = results.get("f_cpu_input", {})
+    if "project" not in f:
+        return None
+    feed, ms = f["project"]["predicted_feed_img_s"], f["project"]["cpu_ms_per_img"]
+    compiled = max((r.get("img_per_s") or 0 for k, r in results.get("a_synthetic", {}).items()
+                    if k.startswith("compiled") and isinstance(r, dict)), default=0)
+    line = (f"predicted CPU-decode feed: {loader_workers} loader workers x 1000 / {ms:.3f} ms = {feed:,.0f} img/s "
+            f"(project reader, {f['cpu_vs_baseline']:.2f}x the baseline's CPU per image)")
+    if compiled:
+        need = 0.95 * compiled
+        workers = int(np.ceil(need * ms / 1000.0))
+        line += (f"; 0.95 x (a) compiled = {need:,.0f} img/s needs {workers} loader workers: "
+                 f"{'reached' if feed >= need else 'NOT reached'} with {loader_workers}")
+    else:
+        line += "; no (a) here: compare it with 0.95 x the compiled step measured on the GPU node"
+    return line
 
 
 # ------------------------------------------------------------------ report
@@ -251,6 +308,10 @@ def rows(results: dict) -> list[tuple[str, str, dict]]:
     for variant, r in a.get("in_process", {}).items():
         out.append((f"d_{variant}", f"(d) no Ray: compiled step + GPU-decode loader, {variant}", r))
     out.append(("e_decode_only", "(e) GPU-decode loader alone, no training", a.get("decode_only", {})))
+    f = results.get("f_cpu_input", {})
+    if f:
+        out.append(("f_cpu_input", f"(f) CPU-decode input alone, predicted for {f.get('node_workers')} loader "
+                                   "workers (img/s = feed)", f))
     return out
 
 
@@ -309,7 +370,11 @@ def parse(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes, smallcnn, CPU-friendly")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--shards-dir", help="build (or reuse) the JPEG shard sets here (default: a temp dir)")
-    p.add_argument("--parts", default="a,d,c,b", help="which of a, b, c, d to run; b and c in this order")
+    p.add_argument("--parts", default="f,a,d,c,b", help="which of a, b, c, d, f to run; b and c in this order "
+                   "(f alone on a CPU-only machine: the predicted feed rate)")
+    p.add_argument("--f-workers", type=int, default=2, help="(f): loader workers measured on this machine "
+                   "(CPU ms per image, which is what the prediction scales by --loader-workers)")
+    p.add_argument("--f-repeat", type=int, default=3, help="(f): runs per arrangement, best (lowest CPU) kept")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--id-images", type=int, default=32768)
     p.add_argument("--oe-images", type=int, default=4096)
@@ -344,6 +409,7 @@ def parse(argv=None):
         args.model, args.id_images, args.oe_images, args.source_size, args.image_size = "smallcnn", 48, 24, 40, 32
         args.batch_size = args.oe_batch_size = 8
         args.loader_workers, args.warmup, args.steps, args.epochs = 1, 2, 3, 1
+        args.f_workers, args.f_repeat = 1, 1
         args.compile_backend, args.compile_worker = "eager", False  # dynamo only: no C++ build on CI
     if args.d_variants is None:
         args.d_variants = SMOKE_D_VARIANTS if args.smoke else D_VARIANTS
@@ -365,8 +431,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--c-variant {args.c_variant!r}: the Ray worker leaves pinning to the loader; "
                          "drop '/pin='")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if set(parts) - {"a", "b", "c", "d"}:
-        raise SystemExit(f"--parts {args.parts!r}: choose from a, b, c, d")
+    if set(parts) - {"a", "b", "c", "d", "f"}:
+        raise SystemExit(f"--parts {args.parts!r}: choose from a, b, c, d, f")
     use_gpu = torch.cuda.is_available()  # no CUDA context in this process: (a) runs in a child
     meta = {k: getattr(args, k) for k in ("model", "image_size", "batch_size", "oe_batch_size", "id_images",
                                           "oe_images", "source_size", "loader_workers", "epochs", "smoke")}
@@ -395,12 +461,14 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="throughput-"))
     shards = Path(args.shards_dir) if args.shards_dir else tmp / "shards"
     try:
-        if {"b", "c", "d"} & set(parts):
+        if {"b", "c", "d", "f"} & set(parts):
             start = time.perf_counter()
             id_dir = make_set(shards / "id", "bench-id", "id", args.id_images, args.source_size, seed=0)
             oe_dir = make_set(shards / "oe", "bench-oe", "oe", args.oe_images, args.source_size, seed=1)
             meta["shards_s"] = round(time.perf_counter() - start, 1)
             print(f"shards ready in {meta['shards_s']}s: {shards}", flush=True)
+        if "f" in parts:
+            attempt("f_cpu_input", lambda: cpu_input(args, id_dir, oe_dir))
         if {"a", "d"} & set(parts):  # d needs a's compiled model
             attempt("a_synthetic", lambda: run_synthetic_child(argv, shards, args.synthetic_timeout))
             meta["device"] = results["a_synthetic"].get("device", meta["device"])
@@ -433,6 +501,12 @@ def main(argv=None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     report = save()
     print(table(report["summary"], meta), flush=True)
+    verdict = feed_verdict(results, args.loader_workers)
+    if verdict:
+        print(verdict, flush=True)
+        report["summary"]["feed_verdict"] = verdict
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
     return report
 
 

@@ -22,7 +22,7 @@ _EXAMPLES = {
                 "data/my/classes.txt --out data/shards/my-train",
     "folder": "python launch.py shards folder --root data/textures --role ood --name dtd "
               "--out data/shards/dtd",
-    "demo": "python launch.py shards demo --out data/demo --quick",
+    "demo": "python launch.py shards demo --quick --out data/demo",
 }
 _HELP = {
     "voc": "Pascal VOC split (20 classes from Annotations/*.xml)",
@@ -142,12 +142,11 @@ def _demo(args) -> None:
 
 def run(args) -> int:
     """Run one `shards` subcommand; input problems raise ConversionError."""
-    from .ray_pool import ensure_ray
+    from . import ray_pool
     from .writer import summary_line
 
     try:
-        if args.workers > 0:
-            ensure_ray(args.address)
+        ray_pool.ADDRESS = args.address  # Ray starts with the first conversion task, after the input checks
         if args.shards_kind == "demo":
             _demo(args)
         else:

@@ -12,11 +12,13 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 _REPO_ROOT = str(Path(__file__).resolve().parents[1])
+ADDRESS: str | None = None  # the CLI's --address; Ray starts only when the first task is sent
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     """Connect to `address` (or $RAY_ADDRESS, as under `ray job submit`), else
-    start a local Ray; a no-op when Ray is already initialised. Returns `ray`."""
+    start a local Ray of this process's own (never a `ray start` cluster found on the
+    machine); a no-op when Ray is already initialised. Returns `ray`."""
     import ray
 
     if ray.is_initialized():
@@ -26,7 +28,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
         return ray
     # Local workers must import `shards` even when the project is not pip-installed.
     path = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     return ray
 
@@ -45,7 +47,8 @@ def map_jobs(fn: Callable, jobs: Sequence, workers: int = 0, *, desc: str = "sha
              spread: bool = False, progress: bool = True) -> list:
     """`[fn(job) for job in jobs]`, with at most `workers` Ray tasks in flight
     (workers=0: in-process). Results come back in job order; the bar counts
-    finished jobs. Ray must already be initialised (see `ensure_ray`)."""
+    finished jobs. Ray starts (or is reached at ADDRESS / $RAY_ADDRESS) with the
+    first task, so input errors found before it cost no Ray start."""
     bar = tqdm(total=len(jobs), desc=desc, unit="shard", disable=None if progress else True)
     try:
         if workers <= 0:
@@ -63,7 +66,7 @@ def _map_ray(fn, jobs, workers, spread, bar) -> list:
     import ray
 
     if not ray.is_initialized():
-        raise RuntimeError("map_jobs(workers>0) needs Ray: call shards.ray_pool.ensure_ray() first")
+        ensure_ray(ADDRESS)
     remote = ray.remote(num_cpus=1)(fn).options(scheduling_strategy=_strategy(ray, spread))
     results = [None] * len(jobs)
     pending: dict = {}

@@ -16,8 +16,14 @@ def test_reader_smoke(tmp_path):
     rows = reader.main(["--smoke", "--stores", "local", "s3", "--json", str(tmp_path / "reader.json")])
     assert rows and all(finite_positive(r["img_per_s"]) for r in rows)
     assert {r["store"] for r in rows} == {"local", "s3"}
-    assert all(finite_positive(r["cpu_vs_local"]) for r in rows)
-    assert json.loads((tmp_path / "reader.json").read_text())
+    assert all(finite_positive(r["cpu_vs_local"]) for r in rows if r["arrangement"] == "project")
+    # the plain webdataset baseline beside it (local files), and the project's ratio to it
+    base = [r for r in rows if r["arrangement"] == "baseline"]
+    assert [r["store"] for r in base] == ["local"] and finite_positive(base[0]["cpu_ms_per_img"])
+    for r in rows:
+        assert r["cpu_vs_baseline"] == pytest.approx(r["cpu_ms_per_img"] / base[0]["cpu_ms_per_img"], abs=1e-3)
+    saved = json.loads((tmp_path / "reader.json").read_text())
+    assert all("cpu_ms_per_img" in r and r["image_size"] == 32 for r in saved["results"])
 
 
 @pytest.mark.slow
@@ -69,6 +75,15 @@ def test_throughput_smoke(ray_local, tmp_path):
     assert d_runs[c_variant]["img_per_s"] == max(r["img_per_s"] for v, r in d_runs.items() if "pin=" not in v)
     assert report["summary"]["ratio_to_a_compiled"][max(
         ("a_compiled", "a_compiled_reduce-overhead"), key=report["summary"]["img_per_s"].get)] == pytest.approx(1.0)
+    # (f): CPU ms per image of both arrangements, and the feed predicted from it
+    f = report["results"]["f_cpu_input"]
+    for arrangement in ("project", "baseline"):
+        ms = f[arrangement]["cpu_ms_per_img"]
+        assert finite_positive(ms)
+        assert f[arrangement]["predicted_feed_img_s"] == pytest.approx(f["node_workers"] * 1000 / ms, rel=1e-3)
+    assert f["cpu_vs_baseline"] == pytest.approx(f["project"]["cpu_ms_per_img"] / f["baseline"]["cpu_ms_per_img"],
+                                                 rel=1e-2)
+    assert "loader workers x 1000" in report["summary"]["feed_verdict"]
     assert (tmp_path / "prof" / "trace_d.json.gz").stat().st_size > 1000
     assert "Self CPU" in (tmp_path / "prof" / "profile_d.txt").read_text()
     epochs = report["results"]["c_ray_gpu_decode"]["epochs"]

@@ -70,7 +70,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     global STARTED_HERE
     STARTED_HERE = True
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+    # address="local": a Ray of this process's own, never a `ray start` cluster that Ray would
+    # otherwise find through /tmp/ray/ray_current_cluster
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              logging_level="ERROR" if quiet else "INFO",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  p for p in (root, os.environ.get("PYTHONPATH", "")) if p), "RAY_TRAIN_V2_ENABLED": "1"}})

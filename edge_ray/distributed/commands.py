@@ -96,7 +96,9 @@ def cmd_eval(args) -> int:
     from edge_ray.scores import SCORES
 
     scores = check_score_names(args.scores or list(SCORES))
-    checkpoint = storage.normalize(args.checkpoint)
+    from edge_ray.checkpoint import find_checkpoint
+
+    checkpoint = find_checkpoint(args.checkpoint)  # a run folder means its newest complete checkpoint
     # Default: beside the run the checkpoint belongs to (<run>/eval), wherever that lives.
     out = storage.normalize(args.out) if args.out else storage.join(storage.parent(checkpoint), "eval")
     kwargs = dict(scores=scores, training=args.name, ood=[storage.normalize(p) for p in args.ood] if args.ood else None,

@@ -9,6 +9,7 @@ file and starts nothing, so ``--seeds 7`` after ``--seeds 5`` trains only seeds 
 from __future__ import annotations
 
 import csv
+import io
 import difflib
 import json
 import time
@@ -196,15 +197,17 @@ def edge_params_from_study(where: str) -> tuple[dict, str]:
     """EDGE's tuned values from a `launch.py tune` output folder (or a search name under
     results/tune): the Pareto trial best on the search's first objective for a two-objective
     search, the best finished trial otherwise. Returns (values by dotted key, description)."""
-    folder = Path(where) if Path(where).is_dir() else Path("results/tune") / where
-    search, trials = folder / "search.yaml", folder / "trials.csv"
-    if not (search.is_file() and trials.is_file()):
+    # the tune --out folder (a path or a URI), or a bare search name under results/tune
+    bare = not storage.is_uri(where) and "/" not in where.strip("/")
+    folder = storage.join("results/tune", where) if bare and not storage.is_dir(where) else where
+    search, trials = storage.join(folder, "search.yaml"), storage.join(folder, "trials.csv")
+    if not (storage.is_file(search) and storage.is_file(trials)):
         raise ConfigError(f"--edge-from-study {where}: no search.yaml and trials.csv in {folder}; pass the "
-                          "--out folder of `launch.py tune` (default results/tune/NAME)")
-    s = yaml.safe_load(search.read_text())
+                          "--out folder of a `launch.py tune` run (default results/tune/NAME)")
+    s = yaml.safe_load(storage.read_text(search))
     metrics, modes = tuple(s["metrics"]), tuple(s["modes"])
-    with open(trials, newline="") as f:
-        rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rows = [{k: _cell(v) for k, v in row.items()}
+            for row in csv.DictReader(io.StringIO(storage.read_text(trials), newline=""))]
     if len(metrics) > 1:
         front = pareto_rows(rows, metrics, modes)
         chosen, how = (front[0] if front else None), f"best {metrics[0]} on the Pareto front"

@@ -15,7 +15,7 @@ def add_parser(sub, common) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a detector folder (weights, score, threshold, card)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=doc,
                        epilog=f"example:\n  {_EXAMPLE}\n  python launch.py export --checkpoint "
-                              "s3://bucket/runs/voc/checkpoint_... --score vim --out s3://bucket/models/voc-vim")
+                              "s3://my-bucket/runs/voc --score vim --out s3://my-bucket/models/voc-vim")
     p.add_argument("--checkpoint", required=True, help="a checkpoint_* folder, or a run folder (its newest "
                    "checkpoint); a local path or a URI")
     p.add_argument("--out", required=True, help="the detector folder to write (local path or URI)")

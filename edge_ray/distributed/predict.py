@@ -196,8 +196,8 @@ def _count(table: pa.Table, counts: dict) -> None:
 def add_parser(sub, common) -> None:
     p = sub.add_parser("predict", help="run an exported detector on new images (Ray Data) into a Parquet file",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
-                       epilog=f"example:\n  {_EXAMPLE}\n  python launch.py predict --model s3://bucket/models/voc "
-                              "--input s3://bucket/new-images --out s3://bucket/preds.parquet --gpu --concurrency 4")
+                       epilog=f"example:\n  {_EXAMPLE}\n  python launch.py predict --model s3://my-bucket/models/voc "
+                              "--input s3://my-bucket/new-images --out s3://my-bucket/preds.parquet --gpu --concurrency 4")
     p.add_argument("--model", required=True, help="a detector folder written by `launch.py export` (path or URI)")
     p.add_argument("--input", required=True, help="an image folder (recursive), a shard set (with index.json), a "
                    "manifest (.csv/.jsonl/.parquet with a path column) or one image; a path or a URI")

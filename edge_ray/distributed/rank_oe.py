@@ -148,7 +148,7 @@ def run(args) -> int:
     id_dir = storage.normalize(args.id)
     candidates = [storage.normalize(c) for pattern in args.candidates for c in storage.glob(pattern)]
     if not candidates:
-        raise FileNotFoundError(f"--candidates {' '.join(args.candidates)}: no shard set matches")
+        raise FileNotFoundError(f"--candidates {' '.join(args.candidates)}: no shard set matches; pass OE shard folders (each with an index.json) or a pattern such as data/oe/*")
     out = storage.normalize(args.out)
     storage.check_writable(out)
     RankOptions(k=args.k, batch_size=args.batch_size, batches=args.batches).check()

@@ -116,6 +116,8 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
     if resume:
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"nothing to resume: no Tune experiment at {path}; run without --resume")
+        print(f"resuming search {s.name}: {s.trials} trials in all, unfinished ones continue; Optuna study "
+              f"{s.name!r} in {s.storage}; Tune experiment {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=_trainable(s), resume_unfinished=True,
                                    resume_errored=False)
     else:
