@@ -7,10 +7,11 @@ workersplitter=split_by_worker).map(decode).batched(B, collation_fn=torch.stack)
 is at least twice the crop -> `convert("RGB")` -> `pil_to_tensor` -> `v2.RandomResizedCrop`
 (same size and scale) + horizontal flip, uint8 out of the workers; `(x.float() - mean) / std`
 in the main process. ID and OE are two such loaders read in step (one OE batch per ID
-batch), as the project's reader pairs them. Labels are parsed from the json but the
-baseline does no multi-hot or shuffle-buffer work: it is the floor, not a twin. The OE
-loader has its own `workers` processes (the project's workers make both streams), which
-helps its img/s; CPU per image, the number compared, does not gain from it.
+batch), as the project's reader pairs them, and both come out of the same `workers`
+processes (each worker reads its share of the ID shards and an endless share of the OE
+shards), so the two arrangements start the same number of processes. Labels are parsed
+from the json but the baseline does no multi-hot or shuffle-buffer work: it is the floor,
+not a twin.
 """
 from __future__ import annotations
 
@@ -51,11 +52,52 @@ def _collate(samples: list) -> tuple:
 
 def loader(urls: list[str], *, image_size: int, batch_size: int, workers: int, crop_scale=(0.5, 1.0),
            endless: bool = False):
+    """One stream: decode + crop in `workers` processes, uint8 batches out."""
     dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None,
                              workersplitter=wds.split_by_worker, empty_check=False)
     if endless:
         dataset = dataset.repeat()
     dataset = dataset.map(Decode(image_size, crop_scale)).batched(batch_size, collation_fn=_collate, partial=False)
+    return wds.WebLoader(dataset, batch_size=None, num_workers=workers)
+
+
+class PairWithOE:
+    """Inside each loader worker: B decoded ID samples -> (ID batch, OE batch of B_oe), the
+    OE samples from an endless OE stream of the same worker (its share of the OE shards) --
+    so both streams come out of the same `workers` processes, as in the project's reader."""
+
+    def __init__(self, oe_urls, *, image_size: int, batch_size: int, oe_batch_size: int, crop_scale):
+        self.oe_urls, self.batch_size, self.oe_batch_size = list(oe_urls), batch_size, oe_batch_size
+        self.decode = Decode(image_size, crop_scale)
+
+    def __call__(self, src):
+        oe = iter(wds.WebDataset(self.oe_urls, shardshuffle=False, nodesplitter=None, empty_check=False,
+                                 workersplitter=_oe_split).repeat().map(self.decode))
+        buf = []
+        for sample in src:
+            buf.append(sample)
+            if len(buf) == self.batch_size:
+                yield _collate(buf), _collate([next(oe) for _ in range(self.oe_batch_size)])
+                buf = []
+
+
+def _oe_split(urls):
+    """The worker's share of the OE shards, or all of them when there are fewer shards
+    than workers (an endless stream must never be empty)."""
+    urls = list(urls)
+    info = torch.utils.data.get_worker_info()
+    if info is None or len(urls) < info.num_workers:
+        return iter(urls)
+    return iter(urls[info.id::info.num_workers])
+
+
+def paired_loader(id_urls, oe_urls, *, image_size: int, batch_size: int, oe_batch_size: int, workers: int,
+                  crop_scale=(0.5, 1.0)):
+    dataset = wds.WebDataset(list(id_urls), shardshuffle=False, nodesplitter=None,
+                             workersplitter=wds.split_by_worker, empty_check=False)
+    dataset = dataset.map(Decode(image_size, crop_scale)).compose(
+        PairWithOE(oe_urls, image_size=image_size, batch_size=batch_size, oe_batch_size=oe_batch_size,
+                   crop_scale=crop_scale))
     return wds.WebLoader(dataset, batch_size=None, num_workers=workers)
 
 
@@ -68,9 +110,8 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 def epoch(id_urls, oe_urls, *, image_size: int, batch_size: int, oe_batch_size: int, workers: int,
           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-    """Yield (x_id, x_oe) float batches for one pass over the ID shards."""
-    ids = loader(id_urls, image_size=image_size, batch_size=batch_size, workers=workers)
-    oes = iter(loader(oe_urls, image_size=image_size, batch_size=oe_batch_size, workers=workers, endless=True))
-    for x_id, _ in ids:
-        x_oe, _ = next(oes)
+    """Yield (x_id, x_oe) float batches for one pass over the ID shards: `workers`
+    processes make both streams (PairWithOE), as many as the project's reader uses."""
+    for (x_id, _), (x_oe, _) in paired_loader(id_urls, oe_urls, image_size=image_size, batch_size=batch_size,
+                                              oe_batch_size=oe_batch_size, workers=workers):
         yield normalize(x_id, mean, std), normalize(x_oe, mean, std)

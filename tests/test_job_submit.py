@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -62,16 +62,26 @@ def ray_head(tmp_path):
 
 
 def test_ray_job_submit_train(ray_head, tiny_shards, tmp_path):
+    """`ray job submit --working-dir .` from a folder laid out like the repository, whose
+    config names its data by relative paths (configs/tiny.yaml: data/demo-quick/...): the
+    paths mean the same inside the job (relative to the uploaded folder), resolved on the
+    job's driver before anything goes to the workers."""
+    import shutil
+
     address, env = ray_head
-    storage = tmp_path / "runs"
-    overrides = tiny_overrides(tiny_shards, storage, **{"train.run_name": "job", "train.epochs": 1})
-    runtime_env = {"excludes": ["/.venv", "/.git", "/data", "/results", "/runs", "/.whl", "*.egg-info"]}
+    work = tmp_path / "clone"
+    for name in ("launch.py", "configs", "edge_ray", "shards", "tuning"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(
+            ROOT / name, work / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                          if (ROOT / name).is_dir() else {}))
+    shutil.copytree(tiny_shards, work / "data" / "demo-quick")  # uploaded with the working dir
+    storage = tmp_path / "runs"  # outside the upload: a relative one would stay in the job's copy
     sub_id = f"edge-test-{os.getpid()}"
-    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", sub_id, "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps(runtime_env), "--",
-           sys.executable, "launch.py", "train", "--config", "configs/tiny.yaml", *overrides]
+    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", sub_id, "--working-dir", ".", "--",
+           sys.executable, "launch.py", "train", "--config", "configs/tiny.yaml", "train.run_name=job",
+           "train.epochs=1", f"train.storage_path={storage}"]
     for _ in range(30):  # the job agent registers a little after the dashboard answers
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=work)
         if "No available agent" not in run.stderr + run.stdout:
             break
         time.sleep(3)
@@ -81,6 +91,9 @@ def test_ray_job_submit_train(ray_head, tiny_shards, tmp_path):
     assert JobSubmissionClient(address).get_job_status(sub_id) == JobStatus.SUCCEEDED
     summary = json.loads((storage / "job" / "summary.json").read_text())
     assert summary["final"]["epoch"] == 1 and summary["checkpoint"]
+    # the job read the uploaded copy of the relative data paths (not this folder)
+    train_dir = json.loads((Path(summary["checkpoint"]) / "config.json").read_text())["data"]["id_train"]
+    assert train_dir.endswith("/data/demo-quick/id_train") and not train_dir.startswith(str(work)), train_dir
     table = (storage / "job" / "eval" / "table.md").read_text()
     assert "jointenergy" in table and "ood_letters" in table
     assert "jointenergy" in run.stdout  # the job's log streamed the results table
