@@ -22,6 +22,9 @@ import sys
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray Train's controller polls its workers this often (propagated to the controller and the
+# workers): at Ray's 2 s a run's start and end each wait up to 2 s more, four times in the demo
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 COMMANDS = ("demo", "shards", "rank-oe", "train", "tune", "compare", "eval", "export", "predict")
 
