@@ -18,10 +18,12 @@ def test_reader_smoke(tmp_path):
     assert {r["store"] for r in rows} == {"local", "s3"}
     assert all(finite_positive(r["cpu_vs_local"]) for r in rows if r["arrangement"] == "project")
     # the plain webdataset baseline beside it (local files), and the project's ratio to it
-    base = [r for r in rows if r["arrangement"] == "baseline"]
-    assert [r["store"] for r in base] == ["local"] and finite_positive(base[0]["cpu_ms_per_img"])
-    for r in rows:
-        assert r["cpu_vs_baseline"] == pytest.approx(r["cpu_ms_per_img"] / base[0]["cpu_ms_per_img"], abs=1e-3)
+    base = {r["workers"]: r for r in rows if r["arrangement"] == "baseline"}
+    assert set(base) == {1, 2} and all(r["store"] == "local" and finite_positive(r["cpu_ms_per_img"])
+                                       for r in base.values())
+    for r in rows:  # each row against the baseline with as many workers
+        want = r["cpu_ms_per_img"] / base[r["workers"]]["cpu_ms_per_img"]
+        assert r["cpu_vs_baseline"] == pytest.approx(want, abs=1e-3)
     saved = json.loads((tmp_path / "reader.json").read_text())
     assert all("cpu_ms_per_img" in r and r["image_size"] == 32 for r in saved["results"])
 
