@@ -15,8 +15,9 @@ changed -- from a folder laid out like the repository root (launch.py, configs/,
          names the location and the fix;
   other  not run here, with the test that runs it (``make test`` is this suite itself).
 
-Subprocesses reach the session's Ray through RAY_ADDRESS (as inside `ray job submit`) and
-the session's S3 server through AWS_ENDPOINT_URL, where README's `s3://my-bucket` exists.
+Commands that run to the end reach the session's Ray through RAY_ADDRESS (as inside `ray
+job submit`); the interrupted ones start a Ray of their own. All reach the session's S3
+server through AWS_ENDPOINT_URL, where README's `s3://my-bucket` exists.
 """
 from __future__ import annotations
 
@@ -214,6 +215,9 @@ def run_to_end(root, env, command: str, expect: str) -> str:
 
 
 def start_and_interrupt(root, env, command: str, marker: str) -> None:
+    # A Ray of its own (RAY_ADDRESS=local), as for a user without a cluster: a driver stopped
+    # mid-start must not leave the session's Ray half-way through a Train run's set-up
+    env = {**env, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(argv_of(command), cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines, seen = [], threading.Event()

@@ -20,10 +20,12 @@ from tests.conftest import ROOT, tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-def _start(args, tmp_path, name):
+def _start(args, tmp_path, name, *, own_ray: bool = False):
+    """`python <args>` on the session's Ray, or (own_ray) on a local Ray of its own: a driver
+    stopped while a Train run is being set up must not leave the session's Ray waiting."""
     import ray
 
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env = {**os.environ, "RAY_ADDRESS": "local" if own_ray else ray.get_runtime_context().gcs_address}
     out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err,
                             start_new_session=True)
@@ -77,7 +79,7 @@ def test_ctrl_c_during_train_then_the_printed_command_resumes(ray_local, tiny_sh
 
 def test_sigterm_during_demo_exits_143_and_says_what_is_kept(ray_local, tmp_path):
     args = ["launch.py", "demo", "--quick", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "results")]
-    proc, out, err = _start(args, tmp_path, "demo")
+    proc, out, err = _start(args, tmp_path, "demo", own_ray=True)
 
     def training_started():
         out.seek(0)
