@@ -112,8 +112,7 @@ def _score(scorer, out, model, index, opts):
     return scorer.score(features=out["features"], logits=out["logits"])
 
 
-def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training: str = "model",
-             progress: bool = True) -> dict:
+def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training: str = "model") -> dict:
     """Every requested score on every OOD set, ID mAP, tail-only metrics and head/tail curves.
 
     Returns a JSON-serialisable dict (see ``edge_ray.report`` for the layout on disk) and
@@ -125,7 +124,7 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     model = model.to(opts.device).eval()
     total = min(sets.id_train.num_samples, opts.fit_samples) + sets.id_test.num_samples
     total += sum(s.num_samples for s in sets.ood)
-    with tqdm(total=total, unit="img", desc="features", mininterval=1.0, disable=not progress or None) as bar:
+    with tqdm(total=total, unit="img", desc="features", mininterval=1.0) as bar:
         train_out = _collect(model, sets.id_train, opts, bar, limit=opts.fit_samples)
         test_out = _collect(model, sets.id_test, opts, bar)
         ood_out = {s.name: _collect(model, s, opts, bar) for s in sets.ood}
@@ -138,7 +137,7 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
               "ood_sets": {s.name: s.num_samples for s in sets.ood}, "scores": {},
               "scorer_state": {n: s.params for n, s in scorers.items()}}
     id_scores = {}
-    for name in tqdm(names, desc="scores", mininterval=1.0, disable=not progress or None):
+    for name in tqdm(names, desc="scores", mininterval=1.0):
         scorer = scorers[name]
         id_s = id_scores[name] = _score(scorer, test_out, model, sets.id_test, opts)
         per_set = {}

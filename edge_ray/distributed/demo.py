@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -120,23 +119,13 @@ def run(args) -> int:
     connect(args.address)
     cfg = demo_config(data, out, preset, args.seed)
     tag = f"{'quick' if args.quick else 'full'}-seed{args.seed}"
-    # Each finished model is evaluated in this process, one at a time, while the next one
-    # trains: the evaluations fill the CPU the Train runs leave idle while they start and
-    # stop (about 12 s each); the numbers are the same as evaluating them afterwards.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-eval") as pool:
-        evaluations = {}
-        checkpoints = {"bce": train(cfg, "bce", None, "[2/5]", tag)}
-        evaluations["bce"] = pool.submit(evaluate_one, "bce", checkpoints["bce"], cfg)
-        ranking = rank_candidates(checkpoints["bce"], data, bench, out, seed=args.seed)
-        oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
-        print(f"      OE set for training: {oe_name}")
-        for method in preset["methods"][1:]:
-            checkpoints[method] = train(cfg, method, storage.join(data, oe_name), "[4/5]", tag)
-            evaluations[method] = pool.submit(evaluate_one, method, checkpoints[method], cfg)
-        later = " / ".join(NAMES[m] for m in checkpoints if m != "bce")
-        print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy "
-              "(each begun when its training ended)", flush=True)
-        results = {method: job.result() for method, job in evaluations.items()}
+    checkpoints = {"bce": train(cfg, "bce", None, "[2/5]", tag)}
+    ranking = rank_candidates(checkpoints["bce"], data, bench, out, seed=args.seed)
+    oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
+    print(f"      OE set for training: {oe_name}")
+    for method in preset["methods"][1:]:
+        checkpoints[method] = train(cfg, method, storage.join(data, oe_name), "[4/5]", tag)
+    results = evaluate_all(checkpoints, cfg, out)
     elapsed = time.perf_counter() - start
     _finish(results, ranking, oe_name, out, elapsed, args)
     return 0
@@ -163,20 +152,21 @@ def rank_candidates(checkpoint: str, data: str, bench: dict, out: str, *, seed: 
     return [r for r in rows if r.get("rank")]
 
 
-def evaluate_one(method: str, checkpoint: str, cfg: Config) -> dict:
-    """One trained model on the ID test set and every OOD set: BCE with all ten scores,
-    the OE-trained models with MaxEnergy and JointEnergy."""
+def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     from edge_ray.distributed.evaluate import eval_options, load_trained
     from edge_ray.evaluation import evaluate, open_sets
 
+    later = " / ".join(NAMES[m] for m in checkpoints if m != "bce")
+    print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy", flush=True)
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood))
-    model, cfg_of_run, _ = load_trained(checkpoint)
-    scores = BCE_SCORES if method == "bce" else OE_SCORES
-    # no bars: it runs beside a training whose progress is on the screen
-    result = evaluate(model, sets, scores, eval_options(cfg), training=method, progress=False)
-    result["recipe"] = recipe_record(cfg_of_run)
-    return result
-
+    opts = eval_options(cfg)
+    results = {}
+    for method, ckpt in checkpoints.items():
+        model, cfg_of_run, _ = load_trained(ckpt)
+        scores = BCE_SCORES if method == "bce" else OE_SCORES
+        results[method] = evaluate(model, sets, scores, opts, training=method)
+        results[method]["recipe"] = recipe_record(cfg_of_run)
+    return results
 
 
 def _finish(results: dict, ranking: list, oe_name: str, out: str, elapsed: float, args) -> None:
