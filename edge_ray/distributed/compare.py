@@ -17,7 +17,6 @@ By default the runs use the embedded benchmark with the demo's recipe and OE set
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ from edge_ray.config import Config, ConfigError, apply_overrides, load_config
 from edge_ray.recipes import describe_recipe, recipe_record
 from edge_ray.distributed.compare_runs import drive, edge_params_from_study, parse_methods, plan
 from edge_ray.distributed.trainer import check_inputs
+from edge_ray.distributed.tune_settings import runs_at_once
 
 EPILOG = """examples:
   python launch.py compare --methods bce oe energyoe edge --seeds 5     # the README's study
@@ -128,14 +128,7 @@ def slots(cfg: Config, resources: dict, max_concurrent: int, n: int) -> int:
     need = {"CPU": cfg.train.num_workers * cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         need["GPU"] = cfg.train.num_workers * cfg.train.gpus_per_worker
-    fits = []
-    for kind, per_run in need.items():
-        have = resources.get(kind, 0.0)
-        if have < per_run:
-            raise ConfigError(f"a run needs {per_run:g} {kind} but the Ray cluster has {have:g}; "
-                              f"lower --{kind.lower()}s-per-run")
-        fits.append(math.floor(have / per_run + 1e-9))
-    return max(1, min(n, *fits))
+    return runs_at_once(need, n, resources, what="run", fix="--{kind}s-per-run")
 
 
 def _header(runs, methods, seeds, n_slots, out, edge_source) -> None:

@@ -179,11 +179,19 @@ def concurrency(s: SearchSettings, cfg: Config, resources: dict) -> int:
     need = {"CPU": workers * cfg.train.cpus_per_worker + DRIVER_CPU}
     if cfg.train.use_gpu:
         need["GPU"] = workers * cfg.train.gpus_per_worker
+    return runs_at_once(need, s.trials, resources, what="trial",
+                        fix="--{kind}s-per-trial or train.num_workers")
+
+
+def runs_at_once(need: dict, n: int, resources: dict, *, what: str, fix: str) -> int:
+    """How many of `n` runs needing `need` ({"CPU": ..., "GPU": ...} each, fractions
+    allowed) the cluster's `resources` hold together; at least 1, at most `n`. A run that
+    does not fit at all is a ConfigError that says what to lower (`fix`, with {kind})."""
     fits = []
-    for kind, per_trial in need.items():
+    for kind, per_run in need.items():
         have = resources.get(kind, 0.0)
-        if have < per_trial:
-            raise ConfigError(f"a trial needs {per_trial:g} {kind} but the Ray cluster has {have:g}; lower "
-                              f"--{kind.lower()}s-per-trial or train.num_workers")
-        fits.append(math.floor(have / per_trial + 1e-9))
-    return max(1, min(s.trials, *fits))
+        if have < per_run:
+            raise ConfigError(f"a {what} needs {per_run:g} {kind} but the Ray cluster has {have:g}; "
+                              f"lower {fix.format(kind=kind.lower())}")
+        fits.append(math.floor(have / per_run + 1e-9))
+    return max(1, min(n, *fits))
