@@ -69,7 +69,7 @@ def test_eval_bad_inputs(tiny_checkpoint, tiny_shards, tmp_path, capsys):
     _one_line_error(("--checkpoint", tiny_checkpoint, "--ood", tiny_shards / "id_val"), "role 'id'")
     _one_line_error(("--checkpoint", tiny_checkpoint, "--scores", "maxlogitt"),
                     "valid names: maxlogit, msp, odin")
-    _one_line_error(("--checkpoint", tmp_path), "not a training checkpoint")
+    _one_line_error(("--checkpoint", tmp_path), "is neither a training checkpoint")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "index.json").write_text(json.dumps({"name": "empty", "role": "ood", "classes": [],
