@@ -91,13 +91,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from edge_ray.checkpoint import find_checkpoint
     from edge_ray.distributed.evaluate import evaluate_checkpoint, evaluate_remote
     from edge_ray.evaluation import check_score_names
     from edge_ray.scores import SCORES
 
     scores = check_score_names(args.scores or list(SCORES))
-    from edge_ray.checkpoint import find_checkpoint
-
     checkpoint = find_checkpoint(args.checkpoint)  # a run folder means its newest complete checkpoint
     # Default: beside the run the checkpoint belongs to (<run>/eval), wherever that lives.
     out = storage.normalize(args.out) if args.out else storage.join(storage.parent(checkpoint), "eval")
