@@ -70,6 +70,7 @@ def test_ray_job_submit_train(ray_head, tiny_shards, tmp_path):
 
     address, env = ray_head
     work = tmp_path / "clone"
+    work.mkdir()
     for name in ("launch.py", "configs", "edge_ray", "shards", "tuning"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(
             ROOT / name, work / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
