@@ -58,6 +58,8 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
 def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> str:
     """Initialise Ray once per process and return where it runs ("local" or the address)."""
     address = address or os.environ.get("RAY_ADDRESS")
+    if address == "local":  # Ray's own word for "start one here": the local path below
+        address = None
     if address:  # checked even when this process already has Ray: a wrong address is an error
         _check_reachable(address)
     if ray.is_initialized():
