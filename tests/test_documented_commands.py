@@ -22,6 +22,7 @@ server through AWS_ENDPOINT_URL, where README's `s3://my-bucket` exists.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -170,6 +171,7 @@ def help_commands() -> list[str]:
     return lines
 
 
+@functools.lru_cache(maxsize=1)
 def documented() -> dict[str, list[str]]:
     """PLAN's name of each documented command -> its argv as the shell splits it."""
     return {key(line): shlex.split(line, comments=True) for line in readme_commands() + help_commands()}
