@@ -325,3 +325,23 @@ def test_uint8_worker_path_equals_the_pil_path(source, size, crop):
     levels = ((new - old) * torch.tensor(t.std).view(1, 3, 1, 1) * 255).abs()
     assert levels.max() <= 1.0 + 1e-4
     assert (levels < 1e-3).float().mean() > 0.7  # most pixels identical
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_normalize_batch_matches_a_float64_reference(channels_last):
+    """The CPU path (numpy, one thread) against (x / 255 - mean) / std in float64 on random
+    uint8 batches, in either memory layout, and the same float32 values as torch's ops."""
+    from edge_ray.data.transforms import normalize_batch
+
+    gen = np.random.default_rng(5)
+    x = torch.from_numpy(gen.integers(0, 256, (5, 16, 12, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    if not channels_last:
+        x = x.contiguous()
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+    out = normalize_batch(x, mean, std)
+    assert out.dtype == torch.float32 and out.shape == x.shape and out.stride() == x.stride()
+    ref = (x.numpy().astype(np.float64) / 255 - np.array(mean).reshape(1, 3, 1, 1)) / np.array(std).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=2e-6)
+    m = torch.tensor([255.0 * v for v in mean]).view(1, 3, 1, 1)
+    s = torch.tensor([255.0 * v for v in std]).view(1, 3, 1, 1)
+    assert torch.equal(out, x.to(torch.float32).sub_(m).div_(s))

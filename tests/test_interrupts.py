@@ -112,3 +112,28 @@ def test_a_worker_error_is_one_line(ray_local, tiny_shards, tmp_path):
     lines = [line for line in err.read().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
     assert lines[0].startswith(f"error: shard '{second}'") and "reconvert the set" in lines[0]
+
+
+def test_a_ray_started_by_the_command_thread_is_stopped_by_it(tmp_path):
+    """Ray starts its raylet and GCS with PR_SET_PDEATHSIG, which fires when the *thread* that
+    started them ends: a command that starts a local Ray in run_interruptible's thread must
+    stop it there. Left to the interpreter, the processes were SIGKILLed when the thread
+    ended and ray.shutdown() then waited ~15 s on timeouts at every exit."""
+    script = (
+        "import argparse, os, subprocess, ray\n"
+        "from edge_ray.distributed.cluster import connect\n"
+        "from edge_ray.distributed.interrupts import run_interruptible\n"
+        "def cmd(args):\n"
+        "    connect(None)\n"
+        "    return 7 if ray.is_initialized() else 1\n"
+        "rc = run_interruptible(cmd, argparse.Namespace(command='x'), hint=str)\n"
+        "ps = subprocess.run(['ps', '-o', 'stat=,comm=', '--ppid', str(os.getpid())], capture_output=True,"
+        " text=True).stdout\n"
+        "print('RC', rc, ray.is_initialized(), [line.split() for line in ps.splitlines() if line.strip()])\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RC"))
+    rc, initialized, children = line.split(" ", 3)[1:]
+    assert (rc, initialized) == ("7", "False"), out.stdout + out.stderr
+    assert "Z" not in children and "gcs_server" not in children and "raylet" not in children, line

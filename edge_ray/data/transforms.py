@@ -129,8 +129,18 @@ def stack_uint8(images: list[torch.Tensor]) -> torch.Tensor:
 def normalize_batch(x: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 [B, 3, S, S] -> float32 ``(x / 255 - mean) / std`` (as ToTensor + Normalize),
     computed as ``(x - 255 mean) / (255 std)`` in one pass, on the tensor's device and in
-    its memory layout."""
+    its memory layout.
+
+    On the CPU the arithmetic runs in numpy, on one thread, to the same float32 values:
+    torch's intra-op threads made it 10-30x slower in a training process whose loader
+    workers share the cores (0.1 ms alone, ~9 ms per 32-image batch on 2 busy cores).
+    """
     shape = (1, 3, 1, 1)
+    if x.device.type == "cpu":
+        y = np.subtract(x.numpy(), np.asarray([255.0 * v for v in mean], dtype=np.float32).reshape(shape),
+                        dtype=np.float32)
+        y /= np.asarray([255.0 * v for v in std], dtype=np.float32).reshape(shape)
+        return torch.from_numpy(y)
     m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=x.device).view(shape)
     s = torch.tensor([255.0 * v for v in std], dtype=torch.float32, device=x.device).view(shape)
     return x.to(torch.float32).sub_(m).div_(s)

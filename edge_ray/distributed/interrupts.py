@@ -38,10 +38,18 @@ def run_interruptible(command, args, *, hint) -> int:
     outcome: dict = {}
 
     def target():
+        had_ray = _ray_connected()
         try:
             outcome["rc"] = command(args)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
+        finally:
+            if not had_ray:
+                # A Ray this thread started must stop before the thread ends: Ray starts its
+                # raylet and GCS with PR_SET_PDEATHSIG, which fires when the starting *thread*
+                # exits, so they would be SIGKILLed, and the interpreter's own ray.shutdown()
+                # would then wait ~15 s on timeouts talking to them (1-2 s here).
+                _stop_ray()
 
     worker = threading.Thread(target=target, name=f"launch-{args.command}", daemon=True)
     previous = {s: signal.signal(s, _raise) for s in EXIT_CODES}
@@ -61,6 +69,11 @@ def run_interruptible(command, args, *, hint) -> int:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["rc"]
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _stop_ray() -> None:
