@@ -80,15 +80,20 @@ def test_sigterm_during_demo_exits_143_and_says_what_is_kept(ray_local, tmp_path
     args = ["launch.py", "demo", "--quick", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "results")]
     proc, out, err = _start(args, tmp_path, "demo", own_ray=True)
 
-    def training_started():
+    def first_epoch_done():
         out.seek(0)
-        return "[2/5] training" in out.read()
+        return '"epoch": 1,' in out.read()
 
-    _wait_for(training_started, 300, "the demo did not reach its first training")
+    _wait_for(first_epoch_done, 300, "the demo did not finish its first epoch")
     proc.send_signal(signal.SIGTERM)  # the driver alone, as a scheduler or `kill` does
     assert proc.wait(60) == 143
     err.seek(0)
-    lines = [line for line in err.read().splitlines() if line.startswith("interrupted (SIGTERM)")]
+    out.seek(0)
+    text = err.read()
+    # Ray Train's placement-group cleaner polls the state API every second; the Ray a command
+    # starts has no dashboard to serve it, and its warnings are silenced (cluster.quiet_train_cleaner)
+    assert "State API may be temporarily unavailable" not in text + out.read()
+    lines = [line for line in text.splitlines() if line.startswith("interrupted (SIGTERM)")]
     assert len(lines) == 1 and "the shards and the finished trainings are kept and reused" in lines[0]
     assert lines[0].endswith(shlex.join(["python", "launch.py", *args[1:]]))
 

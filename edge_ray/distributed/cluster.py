@@ -77,5 +77,20 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              logging_level="ERROR" if quiet else "INFO",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                 p for p in (root, os.environ.get("PYTHONPATH", "")) if p), "RAY_TRAIN_V2_ENABLED": "1"}})
+                 p for p in (root, os.environ.get("PYTHONPATH", "")) if p), "RAY_TRAIN_V2_ENABLED": "1"},
+                 "worker_process_setup_hook": "edge_ray.distributed.cluster.quiet_train_cleaner"})
     return "local"
+
+
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_train_cleaner() -> None:
+    """Every worker process of a Ray started here runs this first. That Ray has no dashboard
+    (it starts faster and costs 2 cores less), hence no state API, and Ray Train's
+    PlacementGroupCleaner asks the state API every second whether the run's controller lives
+    and warns each time it cannot: a line a second through every run. Its job, freeing a
+    dead controller's placement group, has no object here: the driver's Ray goes with it."""
+    import logging
+
+    logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)

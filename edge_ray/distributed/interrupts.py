@@ -19,7 +19,7 @@ import threading
 import time
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-GRACE_S = 15.0  # how long stopping Ray and printing may take before the process leaves anyway
+GRACE_S = 15.0  # how long printing the hint may take before the process leaves anyway
 
 
 class Interrupted(Exception):
@@ -36,6 +36,7 @@ def run_interruptible(command, args, *, hint) -> int:
     """``command(args)`` in a worker thread; on SIGINT / SIGTERM print ``hint(args)`` and
     return 130 / 143. Exceptions of the command are raised here, in the main thread."""
     outcome: dict = {}
+    interrupted = threading.Event()
 
     def target():
         had_ray = _ray_connected()
@@ -44,7 +45,7 @@ def run_interruptible(command, args, *, hint) -> int:
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
         finally:
-            if not had_ray:
+            if not had_ray and not interrupted.is_set():  # else the main thread stops it
                 # A Ray this thread started must stop before the thread ends: Ray starts its
                 # raylet and GCS with PR_SET_PDEATHSIG, which fires when the starting *thread*
                 # exits, so they would be SIGKILLed, and the interpreter's own ray.shutdown()
@@ -59,8 +60,12 @@ def run_interruptible(command, args, *, hint) -> int:
             worker.join(0.2)
     except Interrupted as stop:
         code = EXIT_CODES[stop.signum]
+        interrupted.set()
         _leave_soon(code)
-        _stop_ray()  # first: nothing may write after the message says what is there
+        # Ray is not shut down from here: ray.shutdown() while the command thread waits inside
+        # a Ray call aborted the process (SIGABRT, no message) in 4 of 5 SIGTERMs mid-epoch.
+        # Leaving is enough: a local Ray's processes die with this one, and a cluster ends the
+        # job's actors when its driver goes.
         print(f"\ninterrupted ({stop}): {hint(args)}", file=sys.stderr, flush=True)
         return code
     finally:
@@ -76,12 +81,17 @@ def _ray_connected() -> bool:
     return ray is not None and ray.is_initialized()
 
 
+_STOPPING = threading.Lock()
+
+
 def _stop_ray() -> None:
     """Disconnect from Ray: a local instance stops, a cluster ends this driver's job (its
-    Train controller and workers with it)."""
+    Train controller and workers with it). Once, whichever thread asks first."""
     import ray
 
-    if ray.is_initialized():
+    with _STOPPING:
+        if not ray.is_initialized():
+            return
         try:
             ray.shutdown()
         except Exception:  # noqa: BLE001 - leaving anyway
@@ -89,7 +99,7 @@ def _stop_ray() -> None:
 
 
 def _leave_soon(code: int) -> None:
-    """Let the interpreter shut Ray down, but never for longer than GRACE_S."""
+    """Leave within GRACE_S whatever the caller does next (launch.py leaves at once)."""
     def watchdog():
         time.sleep(GRACE_S)
         sys.stderr.flush()
