@@ -95,7 +95,17 @@ def _odin_scores(scorer, model, index, opts) -> np.ndarray:
     return np.concatenate(out)
 
 
-def fit_scorers(names, train_out: dict, model) -> dict:
+def _need_fit(names) -> bool:
+    return any(build_scorer(name).needs_fit for name in names)
+
+
+def fit_scorers(names, train_out: dict | None, model) -> dict:
+    """The scorers of `names`, the stateful ones fitted on `train_out` (ID training
+    features; None when no scorer of `names` needs fitting)."""
+    if train_out is None:
+        if _need_fit(names):
+            raise ValueError(f"scores {', '.join(names)} need ID training features to fit")
+        return {name: build_scorer(name) for name in names}
     head = model.head
     fit = FitData(train_out["features"], train_out["logits"], train_out["targets"],
                   head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())
@@ -122,10 +132,11 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     """
     names = check_score_names(score_names)
     model = model.to(opts.device).eval()
-    total = min(sets.id_train.num_samples, opts.fit_samples) + sets.id_test.num_samples
+    fit = _need_fit(names)  # ID training features only for scorers fitted on them
+    total = (min(sets.id_train.num_samples, opts.fit_samples) if fit else 0) + sets.id_test.num_samples
     total += sum(s.num_samples for s in sets.ood)
     with tqdm(total=total, unit="img", desc="features", mininterval=1.0) as bar:
-        train_out = _collect(model, sets.id_train, opts, bar, limit=opts.fit_samples)
+        train_out = _collect(model, sets.id_train, opts, bar, limit=opts.fit_samples) if fit else None
         test_out = _collect(model, sets.id_test, opts, bar)
         ood_out = {s.name: _collect(model, s, opts, bar) for s in sets.ood}
     scorers = fit_scorers(names, train_out, model)

@@ -3,6 +3,7 @@ the threshold on id_val, every kind of image input, the folder format and its re
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,25 @@ def test_export_to_object_storage_with_f1_label_thresholds(tiny_checkpoint, expo
     assert not np.allclose(det.label_thresholds, 0.5)
     img = png(Image.new("RGB", (32, 32), (0, 0, 0)))
     assert np.isfinite(det.predict([img]).scores).all()
+
+
+def test_scores_without_a_fit_never_read_the_id_training_images(tiny_checkpoint, tmp_path):
+    """MaxEnergy / JointEnergy need no ID training features, so evaluate() reads none: with
+    the training set's tars damaged (its index kept) it gives the same numbers; a score
+    fitted on training features (Mahalanobis) still reads them and fails on the damage."""
+    model, cfg, _ = load_trained(tiny_checkpoint)
+    bare = tmp_path / "id_train"
+    bare.mkdir()
+    for f in Path(cfg.data.id_train).iterdir():  # the index as it is, every tar damaged
+        if f.name.endswith(".tar"):
+            (bare / f.name).write_bytes(b"not a tar" * 100)
+        else:
+            shutil.copy(f, bare / f.name)
+    full = evaluate(model, open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood)),
+                    ["maxenergy", "jointenergy"], eval_options(cfg))
+    sets = open_sets(str(bare), cfg.data.id_test, list(cfg.data.ood))
+    again = evaluate(model, sets, ["maxenergy", "jointenergy"], eval_options(cfg))
+    assert again["scores"] == full["scores"] and again["map"] == full["map"]
+    assert again["class_counts"] == full["class_counts"]
+    with pytest.raises(ValueError, match="id_train-000000.tar"):
+        evaluate(model, sets, ["mahalanobis"], eval_options(cfg))
