@@ -95,25 +95,25 @@ def _odin_scores(scorer, model, index, opts) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _need_fit(names) -> bool:
-    return any(build_scorer(name).needs_fit for name in names)
+def needs_training_features(names) -> bool:
+    """Whether a score of `names` is fitted on ID training features (Mahalanobis, ViM, ...):
+    only then are the training images read."""
+    return any(SCORES[name].needs_fit for name in names)
 
 
 def fit_scorers(names, train_out: dict | None, model) -> dict:
     """The scorers of `names`, the stateful ones fitted on `train_out` (ID training
     features; None when no scorer of `names` needs fitting)."""
+    scorers = {name: build_scorer(name) for name in names}
+    stateful = [name for name, s in scorers.items() if s.needs_fit]
+    if not stateful:
+        return scorers
     if train_out is None:
-        if _need_fit(names):
-            raise ValueError(f"scores {', '.join(names)} need ID training features to fit")
-        return {name: build_scorer(name) for name in names}
+        raise ValueError(f"scores {', '.join(stateful)} need ID training features to fit")
     head = model.head
     fit = FitData(train_out["features"], train_out["logits"], train_out["targets"],
                   head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())
-    scorers = {}
-    for name in names:
-        s = build_scorer(name)
-        scorers[name] = s.fit(fit) if s.needs_fit else s
-    return scorers
+    return {name: s.fit(fit) if s.needs_fit else s for name, s in scorers.items()}
 
 
 def _score(scorer, out, model, index, opts):
@@ -132,7 +132,7 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     """
     names = check_score_names(score_names)
     model = model.to(opts.device).eval()
-    fit = _need_fit(names)  # ID training features only for scorers fitted on them
+    fit = needs_training_features(names)
     total = (min(sets.id_train.num_samples, opts.fit_samples) if fit else 0) + sets.id_test.num_samples
     total += sum(s.num_samples for s in sets.ood)
     with tqdm(total=total, unit="img", desc="features", mininterval=1.0) as bar:

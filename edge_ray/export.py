@@ -27,7 +27,7 @@ from edge_ray.checkpoint import HISTORY_FILE, find_checkpoint, load_trained
 from edge_ray.data import load_index
 from edge_ray.detector import Detector
 from edge_ray.evaluation import (check_score_names, collect_set, eval_options, evaluate, fit_scorers,
-                                 open_sets, score_set)
+                                 needs_training_features, open_sets, score_set)
 from edge_ray.metrics import best_f1_thresholds, mean_average_precision, tpr_threshold
 from edge_ray.model_card import build_card, card_markdown
 from edge_ray.scores.base import sigmoid
@@ -75,7 +75,9 @@ def export_detector(checkpoint: str, out: str, *, score: str = "jointenergy", tp
         result = evaluate(model, sets, [score], opts, training=cfg.loss.method)
         scorer = result["_scorers"][score]
     else:
-        scorer = fit_scorers([score], collect_set(model, train_index, opts, limit=opts.fit_samples), model)[score]
+        train_out = (collect_set(model, train_index, opts, limit=opts.fit_samples)
+                     if needs_training_features([score]) else None)
+        scorer = fit_scorers([score], train_out, model)[score]
     val = score_set(scorer, model, val_index, opts)
     threshold = _threshold(val["scores"], tpr)
     probs = sigmoid(val["logits"].astype(np.float64))

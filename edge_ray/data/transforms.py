@@ -136,13 +136,13 @@ def normalize_batch(x: torch.Tensor, mean, std) -> torch.Tensor:
     workers share the cores (0.1 ms alone, ~9 ms per 32-image batch on 2 busy cores).
     """
     shape = (1, 3, 1, 1)
+    m, s = [255.0 * v for v in mean], [255.0 * v for v in std]
     if x.device.type == "cpu":
-        y = np.subtract(x.numpy(), np.asarray([255.0 * v for v in mean], dtype=np.float32).reshape(shape),
-                        dtype=np.float32)
-        y /= np.asarray([255.0 * v for v in std], dtype=np.float32).reshape(shape)
+        y = np.subtract(x.numpy(), np.asarray(m, dtype=np.float32).reshape(shape), dtype=np.float32)
+        y /= np.asarray(s, dtype=np.float32).reshape(shape)
         return torch.from_numpy(y)
-    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=x.device).view(shape)
-    s = torch.tensor([255.0 * v for v in std], dtype=torch.float32, device=x.device).view(shape)
+    m = torch.tensor(m, dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(s, dtype=torch.float32, device=x.device).view(shape)
     return x.to(torch.float32).sub_(m).div_(s)
 
 

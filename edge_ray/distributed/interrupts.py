@@ -45,7 +45,7 @@ def run_interruptible(command, args, *, hint) -> int:
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
         finally:
-            if not had_ray and not interrupted.is_set():  # else the main thread stops it
+            if not had_ray and not interrupted.is_set():  # interrupted: the process is leaving
                 # A Ray this thread started must stop before the thread ends: Ray starts its
                 # raylet and GCS with PR_SET_PDEATHSIG, which fires when the starting *thread*
                 # exits, so they would be SIGKILLed, and the interpreter's own ray.shutdown()
@@ -81,21 +81,16 @@ def _ray_connected() -> bool:
     return ray is not None and ray.is_initialized()
 
 
-_STOPPING = threading.Lock()
-
-
 def _stop_ray() -> None:
-    """Disconnect from Ray: a local instance stops, a cluster ends this driver's job (its
-    Train controller and workers with it). Once, whichever thread asks first."""
-    import ray
-
-    with _STOPPING:
-        if not ray.is_initialized():
-            return
-        try:
-            ray.shutdown()
-        except Exception:  # noqa: BLE001 - leaving anyway
-            pass
+    """Disconnect from Ray if this process uses it (a command that never imported Ray does
+    not import it now): a local instance stops, a cluster ends this driver's job (its Train
+    controller and workers with it)."""
+    if not _ray_connected():
+        return
+    try:
+        sys.modules["ray"].shutdown()
+    except Exception:  # noqa: BLE001 - leaving anyway
+        pass
 
 
 def _leave_soon(code: int) -> None:
