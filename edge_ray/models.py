@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision
 
 BACKBONES = ("resnet50", "vgg16", "densenet121", "smallcnn")
 
@@ -48,6 +47,8 @@ def small_cnn(width: int = 32) -> tuple[nn.Module, int]:
 
 
 def _torchvision_body(name: str, weights) -> tuple[nn.Module, int]:
+    import torchvision  # here, not at the top: 2 s of imports that the small CNN never needs
+
     net = torchvision.models.get_model(name, weights=weights)
     if name == "resnet50":
         dim = net.fc.in_features
@@ -75,6 +76,8 @@ def _resolve_weights(name: str, weights: str):
             raise FileNotFoundError(f"model.weights file {weights!r} does not exist; give a local "
                                     ".pth state dict or a torchvision weights name like IMAGENET1K_V2")
         return None, path
+    import torchvision
+
     enum = torchvision.models.get_model_weights(name)
     key = weights.split(".")[-1]
     if key not in enum.__members__:

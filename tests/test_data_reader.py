@@ -327,6 +327,48 @@ def test_uint8_worker_path_equals_the_pil_path(source, size, crop):
     assert (levels < 1e-3).float().mean() > 0.7  # most pixels identical
 
 
+def test_crop_uint8_equals_torchvision_resized_crop():
+    """`crop_uint8` calls torch's antialiased resize directly (torchvision's dispatch cost as
+    much as decoding a 32 px PNG): on random images, boxes and sizes, enlarging and
+    shrinking, its pixels equal torchvision v2's `resized_crop` exactly, flip included."""
+    from torchvision.transforms.v2 import functional as F2
+
+    from edge_ray.data.transforms import crop_uint8
+
+    gen = np.random.default_rng(7)
+    for _ in range(300):
+        height, width = (int(v) for v in gen.integers(4, 200, size=2))
+        img = Image.fromarray(gen.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        h, w = int(gen.integers(1, height + 1)), int(gen.integers(1, width + 1))
+        top, left = int(gen.integers(0, height - h + 1)), int(gen.integers(0, width - w + 1))
+        size, flip = int(gen.choice([8, 32, 57, 224])), bool(gen.random() < 0.5)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        want = F2.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+        want = want.flip(-1) if flip else want
+        got = crop_uint8(img, (top, left, h, w), flip, size)
+        assert got.dtype == torch.uint8 and got.shape == (3, size, size)
+        assert torch.equal(got, want), (height, width, top, left, h, w, size)
+
+
+def test_the_train_worker_does_not_import_torchvision():
+    """Every Ray Train worker imports the worker module; torchvision (and the torch._dynamo
+    it pulls in) cost ~2 s of that per run start and is needed only for torchvision
+    backbones and the PIL reference transforms, which import it where they use it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edge_ray.distributed.worker, edge_ray.evaluation, edge_ray.oe_rank\n"
+            "from edge_ray.models import build_model\n"
+            "build_model('smallcnn', 3)\n"
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom edge_ray.models import build_model\n"
+                          "build_model('resnet50', 3)\nprint('torchvision' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_normalize_batch_matches_a_float64_reference(channels_last):
     """The CPU path (numpy, one thread) against (x / 255 - mean) / std in float64 on random

@@ -9,12 +9,12 @@ Test and OOD sets only ever get `eval_transform` (no augmentation).
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 from PIL import Image
-from torchvision.transforms import functional as F
-from torchvision.transforms.v2 import functional as F2
 
 # The one decoder (conventions per image mode in its docstring); re-exported here, where
 # callers have always found it.
@@ -71,12 +71,16 @@ class TrainTransform:
 
     def geometric(self, img: Image.Image, gen: np.random.Generator) -> Image.Image:
         """The random crop + resize + flip, still a PIL image (normalising is batched)."""
+        from torchvision.transforms import functional as F
+
         img = to_rgb(img)
         top, left, h, w, flip = self.sample_crop(img.width, img.height, gen)
         img = F.resized_crop(img, top, left, h, w, [self.image_size, self.image_size], antialias=True)
         return F.hflip(img) if flip else img
 
     def __call__(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
+        from torchvision.transforms import functional as F
+
         gen = gen if gen is not None else np.random.default_rng()
         return F.normalize(F.to_tensor(self.geometric(img, gen)), self.mean, self.std)
 
@@ -93,12 +97,16 @@ class EvalTransform:
         return self.image_size
 
     def geometric(self, img: Image.Image, gen: np.random.Generator | None = None) -> Image.Image:
+        from torchvision.transforms import functional as F
+
         return F.resize(to_rgb(img), [self.image_size, self.image_size], antialias=True)
 
     def geometric_uint8(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
         return crop_uint8(to_rgb(img), None, False, self.image_size)
 
     def __call__(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
+        from torchvision.transforms import functional as F
+
         return F.normalize(F.to_tensor(self.geometric(img)), self.mean, self.std)
 
 
@@ -107,12 +115,43 @@ def crop_uint8(img: Image.Image, box: tuple[int, int, int, int] | None, flip: bo
     left, height, width; None = the whole image) resized with antialiased bilinear on the
     tensor, then flipped left-right if `flip`. torch's uint8 path ports PIL's resampling:
     pixels equal PIL's when enlarging and differ by at most 1 level when shrinking, at a
-    third of PIL's cost (benchmarks/README.md, reader)."""
+    third of PIL's cost (benchmarks/README.md, reader).
+
+    The same pixels as torchvision's `v2.functional.resized_crop(antialias=True)` (a test
+    holds them equal), called here on torch directly: torchvision's dispatch cost ~50 us an
+    image, as much as decoding a 32 px PNG, and importing it ~2 s in every Train worker."""
     x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
     top, left, h, w = box if box is not None else (0, 0, x.shape[1], x.shape[2])
     if (h, w) != (size, size) or (top, left) != (0, 0) or x.shape[1:] != (size, size):
-        x = F2.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+        x = _resize_uint8(x[:, top:top + h, left:left + w], size)
     return x.flip(-1) if flip else x
+
+
+# torchvision resizes uint8 natively where the CPU has the vectorised kernel, else in float32
+# with rounding (`_do_native_uint8_resize_on_cpu`); the same choice keeps the pixels equal.
+_NATIVE_UINT8 = (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+                 or platform.machine() in ("aarch64", "arm64"))
+
+
+def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, h, w] (any strides) -> uint8 [3, size, size]: antialiased bilinear, as
+    torchvision's `resize_image` computes it (channels-last in and out, no extra copy)."""
+    c, h, w = x.shape
+    if (h, w) == (size, size):
+        return x
+    x = x.reshape(1, c, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last) and x.numel() != x.stride(0):
+        # torch allocates the output of a 1-image channels-last input as contiguous unless
+        # the batch stride says otherwise (pytorch#68430); torchvision restrides the same way.
+        strides = list(x.stride())
+        strides[0] = x.numel()
+        x = x.as_strided((1, c, h, w), strides)
+    if _NATIVE_UINT8:
+        out = nnf.interpolate(x, size=[size, size], mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = nnf.interpolate(x.to(torch.float32), size=[size, size], mode="bilinear",
+                              align_corners=False, antialias=True).round_().to(torch.uint8)
+    return out.reshape(c, size, size)
 
 
 def stack_uint8(images: list[torch.Tensor]) -> torch.Tensor:
