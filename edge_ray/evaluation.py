@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from edge_ray.data import ShardIndex, eval_loader, load_index
-from edge_ray.engine import collect_outputs
+from edge_ray.engine import collect_outputs, eval_chunks
 from edge_ray.metrics import head_classes, head_tail_curve, mean_average_precision, ood_metrics, tail_only_mask
 from edge_ray.scores import SCORES, FitData, build_scorer
 
@@ -89,9 +89,9 @@ def _first_batches(loader, n):
 
 
 def _odin_scores(scorer, model, index, opts) -> np.ndarray:
-    std = torch.tensor(opts.std, dtype=torch.float32)
-    out = [scorer.score_inputs(model, x.to(opts.device), input_std=std.to(opts.device))
-           for x, _, _ in _loader(index, opts)]
+    std = torch.tensor(opts.std, dtype=torch.float32).to(opts.device)
+    out = [scorer.score_inputs(model, part, input_std=std)
+           for x, _, _ in _loader(index, opts) for part in eval_chunks(x.to(opts.device), opts.device)]
     return np.concatenate(out)
 
 
