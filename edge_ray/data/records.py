@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tarfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from .. import storage
 from .plan import group_by_shard
+from .tarstream import Member, TarDamaged, TarStream
 
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp"})
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "ckpt"})
@@ -83,7 +83,7 @@ def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None,
                 yield record
         except FileNotFoundError:
             raise
-        except (tarfile.ReadError, EOFError) as err:
+        except (TarDamaged, EOFError) as err:
             raise ValueError(f"shard {url!r} is damaged after {done} of {len(wanted)} wanted samples "
                              f"({_short(err)}); reconvert the set") from err
         except OSError as err:
@@ -108,9 +108,10 @@ def _scan_shard(url: str, wanted: list[int], expected: int | None) -> Iterator[R
         stream = storage.open_input_stream(url)
     except storage.StorageError as err:
         raise _open_failure(url, err) from err
-    with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with stream:
+        tar = TarStream(stream)
         for member in tar:
-            if member.isdir():
+            if member.type == "dir":
                 continue
             name_key, ext = _split_name(member.name, url)
             if name_key != key:
@@ -153,8 +154,7 @@ def _split_name(name: str, url: str) -> tuple[str, str]:
     return match.group(1), match.group(2).lower()
 
 
-def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, url: str, key: str,
-                  ext: str, members: dict) -> bytes:
+def _member_bytes(tar: TarStream, member: Member, url: str, key: str, ext: str, members: dict) -> bytes:
     """Read one member of a wanted sample, after checking that it is safe to read at all."""
     where = f"shard {url!r}, key {key!r}"
     if ext.rsplit(".", 1)[-1] in PICKLE_EXTS:
@@ -163,11 +163,11 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, url: str, key: 
     if ext not in IMAGE_EXTS and ext != "json":
         raise ValueError(f"{where}: unexpected member {member.name!r}; shards are untrusted, only "
                          f"{sorted(IMAGE_EXTS)} images and .json are read")
-    if not member.isfile():
+    if member.type != "file":
         raise ValueError(f"{where}: member {member.name!r} is not a regular file")
     if ext in members:
         raise ValueError(f"{where}: duplicate member {member.name!r}")
-    return tar.extractfile(member).read()
+    return tar.read()
 
 
 def _record(url: str, key: str, members: dict) -> Record:
