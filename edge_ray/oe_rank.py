@@ -26,7 +26,7 @@ import torch
 
 from edge_ray.data import IMAGENET_MEAN, IMAGENET_STD, ShardIndex, eval_transform, load_index
 from edge_ray.data.records import read_positions
-from edge_ray.data.transforms import decode_image
+from edge_ray.data.transforms import decode_image, normalize_batch, stack_uint8
 from edge_ray.engine import collect_outputs
 from edge_ray.models import MultiLabelNet, build_model
 from edge_ray.oe_select import SPECTRUM_METHODS, batch_distances
@@ -75,8 +75,11 @@ def set_features(model: MultiLabelNet, index: ShardIndex, positions: np.ndarray,
     transform = eval_transform(opts.image_size, mean=opts.mean, std=opts.std)
 
     def batches():
+        # The evaluation loader's preprocessing (uint8 resize, one normalising pass per batch):
+        # the same pixels as `evaluate` sees, at a fraction of the per-image PIL/torchvision cost.
         while chunk := list(itertools.islice(records, opts.batch_size)):
-            x = torch.stack([transform(_decode(r, transform.min_decode_size)) for r in chunk])
+            pixels = stack_uint8([transform.geometric_uint8(_decode(r, transform.min_decode_size)) for r in chunk])
+            x = normalize_batch(pixels, transform.mean, transform.std)
             yield x, np.zeros((len(chunk), 0), np.float32), [r.key for r in chunk]
 
     found = collect_outputs(model.to(device), batches(), device=torch.device(device))["features"]

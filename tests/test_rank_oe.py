@@ -179,6 +179,20 @@ def test_unusable_candidates_are_reported_and_do_not_stop_the_others(ray_local, 
     assert "role 'id'" in str(err.value) and "does not exist" in str(err.value)
 
 
+def test_a_damaged_id_set_stops_the_ranking_with_its_own_message(ray_local, bench, tmp_path):
+    """The ID task runs beside the candidates' tasks; when it fails, the ranking stops with
+    the ID shard's own one-line error (no Ray wrapper) and no row is measured."""
+    import shutil
+
+    broken = tmp_path / "id"
+    shutil.copytree(bench.sets["id"], broken)
+    tar = next(broken.glob("*.tar"))
+    tar.write_bytes(tar.read_bytes()[:20000])
+    cands = [bench.sets["oe_letters"], bench.sets["oe_digit7"]]
+    with pytest.raises(ValueError, match=rf"{tar.name}' is damaged after .*reconvert the set"):
+        rank_parallel(bench.model, "smallcnn", str(broken), cands, OPTS, num_cpus=0.5, progress=False)
+
+
 def test_cli_writes_ranking_and_selected_config(ray_local, bench, tmp_path, capsys):
     import launch
 

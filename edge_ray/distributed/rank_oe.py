@@ -1,10 +1,12 @@
 """Rank OE candidate sets by the dilation distance (paper Eq. 9; Alg. 1, line 1) on a Ray task pool.
 
-One Ray task extracts the ID features; its result stays in the object store and every
-candidate task gets it by reference, extracts its own penultimate features and computes
-`dilation_distance` (smaller = more informative OE set). Features come from the model in
-eval mode, with the deterministic eval transform and no grad (the released code used train
-mode and augmentation, so its distances changed from run to run).
+Every set's penultimate features are one Ray task: the ID set's and each candidate's, all
+submitted at once, so the ID task does not hold the others back (each task process's first
+task also imports torch and the model: on 2 cores that start-up was most of the ranking).
+The driver computes `dilation_distance` of each candidate as its features arrive (a few
+SVDs of [batch, D] matrices, cheap beside the forward passes; smaller = more informative OE
+set). Features come from the model in eval mode, with the deterministic eval transform and no grad
+(the released code used train mode and augmentation, so its distances changed from run to run).
 
 Which images each set contributes, and how a candidate that cannot be measured is
 reported, is `edge_ray.oe_rank`'s (the Ray-free half, which `rank_serial` runs in one
@@ -40,20 +42,14 @@ def _features_task(blob: dict, index: ShardIndex, opts: RankOptions, device: str
     return set_features(model_from_blob(blob), index, _positions(index, opts), opts, device=device)
 
 
-def _candidate_task(blob, index, opts, device, threads, id_features) -> dict:
-    # id_features arrives resolved: Ray schedules this task only once the ID task is done,
-    # so no task ever holds a GPU while it waits for another.
-    f = _features_task(blob, index, opts, device, threads)
-    return measure(id_features, f, opts)
-
-
 def rank_parallel(model: MultiLabelNet, model_name: str, id_dir: str, candidates: list[str],
                   opts: RankOptions, *, num_cpus: float = 1, num_gpus: float = 0,
                   max_in_flight: int | None = None, progress: bool = True) -> list[dict]:
-    """`rank_serial` as Ray tasks: one for the ID features, one per candidate.
+    """`rank_serial` as Ray tasks: one for the ID features, one per candidate, all at once.
 
     Each task asks for `num_cpus` / `num_gpus` (fractions allowed; a GPU task runs on cuda);
     `max_in_flight` caps the candidate tasks running at once (None: as resources allow).
+    No task waits on another: the distances are measured here, from the features.
     """
     opts = opts.check()
     _check_resources(num_cpus, num_gpus)
@@ -67,20 +63,21 @@ def rank_parallel(model: MultiLabelNet, model_name: str, id_dir: str, candidates
         _require_ranked(list(rows.values()))  # raises, listing every reason
     device, threads = ("cuda" if num_gpus > 0 else "cpu"), max(1, int(num_cpus))
     # One retry covers a lost worker or node; an exception raised by the task is never retried.
-    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)
+    task = ray.remote(_features_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)
     blob = ray.put(model_blob(model, model_name))
-    id_ref = ray.remote(_features_task).options(**options).remote(blob, id_index, opts, device, threads)
-    _get_id(id_ref)  # an unreadable ID set stops everything, with its own message
-    task = ray.remote(_candidate_task).options(**options)
-    pending, cap = {}, max_in_flight or len(todo)
+    id_ref = task.remote(blob, id_index, opts, device, threads)
+    pending, cap, id_features = {}, max_in_flight or len(todo), None
     with tqdm(total=len(todo), desc="rank-oe", unit="set", disable=not progress) as bar:
         while todo or pending:
             while todo and len(pending) < cap:
                 i, index = todo.pop(0)
-                pending[task.remote(blob, index, opts, device, threads, id_ref)] = i
+                pending[task.remote(blob, index, opts, device, threads)] = i
+            if id_features is None:
+                # an unreadable ID set stops everything, with its own message
+                id_features = _get_id(id_ref, list(pending))
             done, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(done[0])
-            rows[i] = _finish(rows[i], done[0])
+            rows[i] = _finish(rows[i], done[0], id_features, opts)
             bar.update(1)
             bar.set_postfix_str(f"{storage.basename(rows[i]['candidate'])}: {rows[i]['status']}")
     return _require_ranked(rank_table([rows[i] for i in range(len(candidates))]))
@@ -96,21 +93,26 @@ def _check_resources(num_cpus: float, num_gpus: float) -> None:
                              f"{have.get(kind, 0)}; lower --num-{kind.lower()}s")
 
 
-def _get_id(ref):
+def _get_id(ref, others: list):
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
+        for other in others:  # the candidates' features would not be measured against anything
+            ray.cancel(other)
         cause = getattr(err, "cause", None)
         raise cause if isinstance(cause, (ValueError, OSError)) else err
 
 
-def _finish(row: dict, ref) -> dict:
+def _finish(row: dict, ref, id_features, opts: RankOptions) -> dict:
+    """The candidate's row with its distance, or with the reason its task or its measure failed."""
     try:
-        return {**row, **ray.get(ref)}
+        return {**row, **measure(id_features, ray.get(ref), opts)}
     except ray.exceptions.RayError as err:
         cause = getattr(err, "cause", None)
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
-        return {**row, "status": "failed", "reason": reason.strip().splitlines()[0]}
+    except ValueError as err:
+        reason = f"{type(err).__name__}: {err}"
+    return {**row, "status": "failed", "reason": reason.strip().splitlines()[0]}
 
 
 # ---- command line -------------------------------------------------------------------------
