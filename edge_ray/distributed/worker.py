@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tempfile
 import time
 
@@ -129,9 +130,25 @@ def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) -> ray.train.
     return ray.train.Checkpoint.from_directory(d)
 
 
-def train_loop_per_worker(cfg_dict: dict) -> None:
-    # Ray Train logs every report at INFO; the rank-0 JSON line below says the same, once.
+def _quiet_train_logs() -> None:
+    """Ray Train logs every report at INFO (in Ray 2.60 from a logger named after its file,
+    with the whole TrainingReport: ~600 characters an epoch); the rank-0 JSON line says the
+    same, once."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    context = sys.modules.get("ray.train.v2._internal.execution.context")
+    if isinstance(getattr(context, "logger", None), logging.Logger):
+        context.logger.setLevel(logging.WARNING)
+
+
+def _print_line(text: str) -> None:
+    """One line to the worker's stdout. Not `print`: Ray Train replaces it in its workers by
+    a function that writes the line and also logs it, and the driver showed every line twice."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def train_loop_per_worker(cfg_dict: dict) -> None:
+    _quiet_train_logs()
     cfg = from_dict(cfg_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -212,8 +229,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
             metrics.update(_validate(model, cfg, device))
         history.append(metrics)
         if rank == 0:
-            print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}),
-                  flush=True)
+            _print_line(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
         with tempfile.TemporaryDirectory(prefix="edge-ckpt-") as d:  # report copies it to storage
             ckpt = _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) if rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt)
