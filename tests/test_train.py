@@ -99,3 +99,21 @@ def test_a_request_no_node_can_place(ray_local, monkeypatch, capsys):
     monkeypatch.setattr(cluster, "STARTED_HERE", True)
     with pytest.raises(cluster.ClusterError, match=r"asks for 3 worker\(s\) x \(1 GPU\) but the Ray nodes can place 0"):
         cluster.check_request({"CPU": 0, "GPU": 1}, 3, "train")
+
+
+def test_a_local_ray_asks_ray_train_for_no_preemption_watcher(tmp_path):
+    """A Ray a command starts on this machine gets no cloud preemption notices: connect()
+    turns Ray Train's PreemptionWatcher (an actor process per run) off, in the form Ray Train
+    passes from the driver to its controller; a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from edge_ray.distributed.cluster import connect\n"
+            "connect(None)\n"
+            "from ray.train.v2._internal.constants import get_env_vars_to_propagate\n"
+            "print(get_env_vars_to_propagate().get('RAY_TRAIN_ENABLE_PREEMPTION_WATCHER'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout + out.stderr

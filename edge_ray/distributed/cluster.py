@@ -72,6 +72,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     global STARTED_HERE
     STARTED_HERE = True
+    # Ray Train starts a PreemptionWatcher actor per run (a process, ~1.5 CPU-seconds) to act on
+    # a cloud node's preemption notice; a Ray on this machine gets none. Ray Train passes the
+    # driver's setting to its controller; a user's own setting wins.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # address="local": a Ray of this process's own, never a `ray start` cluster that Ray would
     # otherwise find through /tmp/ray/ray_current_cluster
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
