@@ -117,3 +117,29 @@ def test_a_local_ray_asks_ray_train_for_no_preemption_watcher(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "0", out.stdout + out.stderr
+
+
+def test_the_trainer_starts_no_dataset_manager_and_locally_no_placement_group_cleaner(
+        ray_local, tiny_shards, tmp_path, monkeypatch):
+    """Ray Train 2.60 starts a DatasetManager actor for Ray Datasets whether or not any is
+    passed, and a PlacementGroupCleaner that frees a dead controller's placement group; the
+    workers stream shards, and a Ray this process started ends with its driver. Neither is
+    among the callbacks then; on a cluster the cleaner stays, and the rest are Ray's own."""
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from edge_ray.distributed import cluster
+    from edge_ray.distributed.trainer import build_trainer
+
+    def kinds(trainer):
+        return [type(c) for c in trainer._create_default_callbacks()]
+
+    cfg = _cfg(tiny_shards, tmp_path)
+    monkeypatch.setattr(cluster, "STARTED_HERE", True)
+    trainer = build_trainer(cfg)
+    ray_own = [type(c) for c in DataParallelTrainer._create_default_callbacks(trainer)]
+    assert DatasetsCallback in ray_own and PlacementGroupCleanerCallback in ray_own
+    assert kinds(trainer) == [k for k in ray_own if k not in (DatasetsCallback, PlacementGroupCleanerCallback)]
+    monkeypatch.setattr(cluster, "STARTED_HERE", False)
+    assert kinds(build_trainer(cfg)) == [k for k in ray_own if k is not DatasetsCallback]

@@ -95,7 +95,7 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
-    return TorchTrainer(
+    return _Trainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
@@ -109,6 +109,28 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
             callbacks=list(callbacks)),
     )
+
+
+class _Trainer(TorchTrainer):
+    """Ray Train's TorchTrainer without two helper actors this project never needs (each a
+    process per run, ~1.5 CPU-seconds of start-up beside the worker's own on a small machine):
+    the DatasetManager of Ray Datasets (the workers stream WebDataset shards; no Ray Dataset
+    is passed) and, on a Ray this process started, the PlacementGroupCleaner, which frees a
+    dead controller's placement group: that Ray ends with its driver."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        try:  # Ray 2.60's names; another Ray keeps all its callbacks
+            from ray.train.v2._internal.callbacks import DatasetsCallback
+            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        except ImportError:
+            return callbacks
+        from edge_ray.distributed import cluster
+
+        unused = () if self.datasets else (DatasetsCallback,)
+        if cluster.STARTED_HERE:
+            unused += (PlacementGroupCleanerCallback,)
+        return [c for c in callbacks if not isinstance(c, unused)]
 
 
 @dataclass
