@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_ray.data import ShardIndex, eval_loader, load_index
+from edge_ray.data import EvalCache, ShardIndex, load_index
 from edge_ray.engine import collect_outputs, eval_chunks
 from edge_ray.metrics import head_classes, head_tail_curve, mean_average_precision, ood_metrics, tail_only_mask
 from edge_ray.scores import SCORES, FitData, build_scorer
@@ -68,13 +68,13 @@ def eval_options(cfg, device: str = "cpu") -> EvalOptions:
                        batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
 
 
-def _loader(index, opts: EvalOptions):
-    return eval_loader(index, batch_size=opts.batch_size, image_size=opts.image_size,
-                       num_workers=opts.loader_workers, mean=opts.mean, std=opts.std)
+def _loader(index, opts: EvalOptions, cache: EvalCache):
+    return cache.loader(index, batch_size=opts.batch_size, image_size=opts.image_size,
+                        num_workers=opts.loader_workers, mean=opts.mean, std=opts.std)
 
 
-def _collect(model, index, opts, bar, limit=None):
-    loader = _loader(index, opts)
+def _collect(model, index, opts, bar, cache: EvalCache, limit=None):
+    loader = _loader(index, opts, cache)
     if limit is not None and index.num_samples > limit:
         loader = _first_batches(loader, -(-limit // opts.batch_size))
     bar.set_description(f"features {index.name}")
@@ -88,10 +88,10 @@ def _first_batches(loader, n):
         yield batch
 
 
-def _odin_scores(scorer, model, index, opts) -> np.ndarray:
+def _odin_scores(scorer, model, index, opts, cache: EvalCache) -> np.ndarray:
     std = torch.tensor(opts.std, dtype=torch.float32).to(opts.device)
     out = [scorer.score_inputs(model, part, input_std=std)
-           for x, _, _ in _loader(index, opts) for part in eval_chunks(x.to(opts.device), opts.device)]
+           for x, _, _ in _loader(index, opts, cache) for part in eval_chunks(x.to(opts.device), opts.device)]
     return np.concatenate(out)
 
 
@@ -116,14 +116,19 @@ def fit_scorers(names, train_out: dict | None, model) -> dict:
     return {name: s.fit(fit) if s.needs_fit else s for name, s in scorers.items()}
 
 
-def _score(scorer, out, model, index, opts):
+def _score(scorer, out, model, index, opts, cache: EvalCache):
     if scorer.needs_inputs:
-        return _odin_scores(scorer, model, index, opts)
+        return _odin_scores(scorer, model, index, opts, cache)
     return scorer.score(features=out["features"], logits=out["logits"])
 
 
-def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training: str = "model") -> dict:
+def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training: str = "model",
+             cache: EvalCache | None = None) -> dict:
     """Every requested score on every OOD set, ID mAP, tail-only metrics and head/tail curves.
+
+    `cache` keeps the decoded images of sets small enough (`EvalCache`): pass one to
+    evaluate several models on the same sets; by default ODIN's pass reuses the images of
+    the features pass within this call.
 
     Returns a JSON-serialisable dict (see ``edge_ray.report`` for the layout on disk) and
     keeps, under keys that are not written, the raw ID/OOD JointEnergy arrays (``"_arrays"``,
@@ -132,13 +137,14 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     """
     names = check_score_names(score_names)
     model = model.to(opts.device).eval()
+    cache = cache if cache is not None else EvalCache()
     fit = needs_training_features(names)
     total = (min(sets.id_train.num_samples, opts.fit_samples) if fit else 0) + sets.id_test.num_samples
     total += sum(s.num_samples for s in sets.ood)
     with tqdm(total=total, unit="img", desc="features", mininterval=1.0) as bar:
-        train_out = _collect(model, sets.id_train, opts, bar, limit=opts.fit_samples) if fit else None
-        test_out = _collect(model, sets.id_test, opts, bar)
-        ood_out = {s.name: _collect(model, s, opts, bar) for s in sets.ood}
+        train_out = _collect(model, sets.id_train, opts, bar, cache, limit=opts.fit_samples) if fit else None
+        test_out = _collect(model, sets.id_test, opts, bar, cache)
+        ood_out = {s.name: _collect(model, s, opts, bar, cache) for s in sets.ood}
     scorers = fit_scorers(names, train_out, model)
     counts = list(sets.id_train.label_counts)
     tail = tail_only_mask(test_out["targets"], counts)
@@ -150,10 +156,10 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     id_scores = {}
     for name in tqdm(names, desc="scores", mininterval=1.0):
         scorer = scorers[name]
-        id_s = id_scores[name] = _score(scorer, test_out, model, sets.id_test, opts)
+        id_s = id_scores[name] = _score(scorer, test_out, model, sets.id_test, opts, cache)
         per_set = {}
         for s in sets.ood:
-            o = _score(scorer, ood_out[s.name], model, s, opts)
+            o = _score(scorer, ood_out[s.name], model, s, opts, cache)
             row = ood_metrics(id_s, o)
             row["tail"] = ood_metrics(id_s[tail], o) if tail.any() else None
             row["curve"] = head_tail_curve(id_s, test_out["targets"], o, counts,
@@ -166,19 +172,21 @@ def evaluate(model, sets: EvalSets, score_names, opts: EvalOptions, *, training:
     return result
 
 
-def collect_set(model, index, opts: EvalOptions, *, limit: int | None = None, progress: bool = True) -> dict:
+def collect_set(model, index, opts: EvalOptions, *, limit: int | None = None, progress: bool = True,
+                cache: EvalCache | None = None) -> dict:
     """Features, logits, targets and keys of a shard set (its first ``limit`` images)."""
     model = model.to(opts.device).eval()
     total = index.num_samples if limit is None else min(limit, index.num_samples)
     with tqdm(total=total, unit="img", desc="features", mininterval=1.0, disable=not progress) as bar:
-        return _collect(model, index, opts, bar, limit=limit)
+        return _collect(model, index, opts, bar, cache if cache is not None else EvalCache(0), limit=limit)
 
 
 def score_set(scorer, model, index, opts: EvalOptions, *, progress: bool = True) -> dict:
     """One pass over a shard set with a fitted scorer, as ``evaluate`` scores its sets:
     ``keys``, ``scores`` [N], ``logits`` [N, C] and ``targets`` [N, C]."""
-    out = collect_set(model, index, opts, progress=progress)
-    return {"keys": out["keys"], "scores": _score(scorer, out, model, index, opts),
+    cache = EvalCache()  # ODIN's pass reuses the features pass's images when they fit
+    out = collect_set(model, index, opts, progress=progress, cache=cache)
+    return {"keys": out["keys"], "scores": _score(scorer, out, model, index, opts, cache),
             "logits": out["logits"], "targets": out["targets"]}
 
 

@@ -387,3 +387,44 @@ def test_normalize_batch_matches_a_float64_reference(channels_last):
     m = torch.tensor([255.0 * v for v in mean]).view(1, 3, 1, 1)
     s = torch.tensor([255.0 * v for v in std]).view(1, 3, 1, 1)
     assert torch.equal(out, x.to(torch.float32).sub_(m).div_(s))
+
+
+def test_eval_cache_replays_a_set_without_reading_it_again(sets, tmp_path):
+    """EvalCache gives eval_loader's exact batches; a set read to the end is replayed from
+    memory (its tars can go), a pass stopped early keeps nothing, and a set whose pixels
+    exceed the budget streams every time (a damaged tar then shows)."""
+    import shutil
+
+    from edge_ray.data import EvalCache
+
+    id_index, _ = sets
+    src = Path(id_index.dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    index = load_index(copy, role="id")
+    kw = dict(batch_size=5, image_size=6, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    want = list(eval_loader(index, **kw))
+
+    def same(got):
+        assert len(got) == len(want)
+        for (x, y, k), (xw, yw, kw_) in zip(got, want):
+            assert torch.equal(x, xw) and torch.equal(y, yw) and k == kw_
+            assert x.is_contiguous(memory_format=torch.channels_last)
+
+    cache = EvalCache()
+    first = cache.loader(index, **kw)
+    next(first)  # stopped after one batch: nothing kept
+    assert cache.used == 0
+    same(list(cache.loader(index, **kw)))
+    assert cache.used == 51 * 3 * 6 * 6
+    for tar in copy.glob("*.tar"):
+        tar.write_bytes(b"gone")
+    same(list(cache.loader(index, **kw)))
+    same(list(cache.loader(index, **kw)))
+
+    small = EvalCache(max_bytes=51 * 3 * 6 * 6 - 1)
+    fresh = load_index(src, role="id")
+    same(list(small.loader(fresh, **kw)))
+    assert small.used == 0
+    with pytest.raises(ValueError, match="damaged"):
+        list(small.loader(index, **kw))

@@ -30,7 +30,7 @@ from .records import Record, read_positions, read_shard
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform,
                          normalize_batch, stack_uint8, train_transform)
 
-__all__ = ["TrainLoader", "EvalLoader", "train_loader", "eval_loader", "steps_per_epoch",
+__all__ = ["TrainLoader", "EvalLoader", "EvalCache", "train_loader", "eval_loader", "steps_per_epoch",
            "read_labels", "multi_hot"]
 # The feeder threads' CUDA streams: high priority, so their small kernels take the next
 # free SMs rather than queue behind the training step's (no measurable effect on an H100,
@@ -116,6 +116,49 @@ def eval_loader(index: ShardIndex, *, batch_size: int, image_size: int, rank: in
                          num_workers=max(1, num_workers),
                          transform=eval_transform(image_size, mean=mean, std=std))
     return EvalLoader(stream, num_workers, pin_memory)
+
+
+# What an EvalCache keeps by default: the decoded pixels of small sets (the embedded
+# benchmark's eight evaluation sets are 24 MB), not of a full-size test set.
+EVAL_CACHE_BYTES = 512 << 20
+
+
+class EvalCache:
+    """Evaluation sets decoded once and replayed: `loader(index, ...)` is `eval_loader`'s
+    batches, the same values, but a set read to the end before is not read or decoded again.
+
+    The eval transform is deterministic, so a set's uint8 batches never change: keeping
+    them lets one process evaluate several checkpoints on the same sets (the demo's four
+    models), let ODIN's gradient pass reuse the features pass's images, and a training run
+    validate every epoch without decoding its validation set again. Only sets whose pixels
+    fit in `max_bytes` (all of them together, uint8) are kept; larger ones stream as before.
+    """
+
+    def __init__(self, max_bytes: int = EVAL_CACHE_BYTES):
+        self.max_bytes, self.used = int(max_bytes), 0
+        self._sets: dict[tuple, list[tuple]] = {}
+
+    def loader(self, index: ShardIndex, *, batch_size: int, image_size: int, num_workers: int = 0,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Iterator[tuple]:
+        """`(x float[B,3,S,S], y float[B,C], keys)` batches of the whole set, as `eval_loader`."""
+        key = (str(index.dir), int(batch_size), int(image_size))
+        if key in self._sets:
+            return ((normalize_batch(x, mean, std), y, keys) for x, y, keys in self._sets[key])
+        loader = eval_loader(index, batch_size=batch_size, image_size=image_size, num_workers=num_workers,
+                             mean=mean, std=std)
+        size = index.num_samples * 3 * int(image_size) ** 2
+        if self.used + size > self.max_bytes:
+            return iter(loader)
+        return self._record(loader, key, size, mean, std)
+
+    def _record(self, loader: "EvalLoader", key: tuple, size: int, mean, std) -> Iterator[tuple]:
+        kept = []
+        for x, y, keys in loader._batches():
+            kept.append((x, y, keys))
+            yield normalize_batch(x, mean, std), y, keys
+        if key not in self._sets:  # a pass stopped early (or a second one under way) keeps nothing
+            self._sets[key] = kept
+            self.used += size
 
 
 def multi_hot(records: list[Record], num_classes: int) -> torch.Tensor:

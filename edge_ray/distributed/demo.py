@@ -153,6 +153,7 @@ def rank_candidates(checkpoint: str, data: str, bench: dict, out: str, *, seed: 
 
 
 def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
+    from edge_ray.data import EvalCache
     from edge_ray.distributed.evaluate import eval_options, load_trained
     from edge_ray.evaluation import evaluate, open_sets
 
@@ -160,11 +161,12 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy", flush=True)
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood))
     opts = eval_options(cfg)
+    cache = EvalCache()  # every model sees the same test and OOD images: decode them once
     results = {}
     for method, ckpt in checkpoints.items():
         model, cfg_of_run, _ = load_trained(ckpt)
         scores = BCE_SCORES if method == "bce" else OE_SCORES
-        results[method] = evaluate(model, sets, scores, opts, training=method)
+        results[method] = evaluate(model, sets, scores, opts, training=method, cache=cache)
         results[method]["recipe"] = recipe_record(cfg_of_run)
     return results
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edge_ray import engine, storage
 from edge_ray.checkpoint import checkpoint_folders, latest_checkpoint, load_checkpoint, save_checkpoint
 from edge_ray.config import batches_for, from_dict, gap_scope
-from edge_ray.data import load_index, train_loader, eval_loader
+from edge_ray.data import EvalCache, load_index, train_loader
 from edge_ray.losses import joint_energy
 from edge_ray.metrics import mean_average_precision, ood_metrics
 from edge_ray.models import build_model
@@ -101,16 +101,17 @@ def _keys_into(loader, keys: list):
         yield x_id, y, x_oe
 
 
-def _validate(model, cfg, device) -> dict:
+def _validate(model, cfg, device, cache: EvalCache) -> dict:
     """Rank-0 validation that never touches the test OOD sets: ID val mAP and, when
     ``data.oe_val`` is set, JointEnergy FPR95/AUROC of ID val against held-out OE images
-    (the tuning objective)."""
+    (the tuning objective). `cache` keeps the decoded validation images between epochs
+    when they fit (`EvalCache`)."""
     if not cfg.data.id_val:
         return {}
 
     def outputs(path, role):
-        loader = eval_loader(load_index(path, role=role), batch_size=cfg.eval.batch_size,
-                             image_size=cfg.data.image_size, num_workers=0, mean=cfg.data.mean, std=cfg.data.std)
+        loader = cache.loader(load_index(path, role=role), batch_size=cfg.eval.batch_size,
+                              image_size=cfg.data.image_size, num_workers=0, mean=cfg.data.mean, std=cfg.data.std)
         return engine.collect_outputs(engine.unwrap(model), loader, device=device)
 
     val = outputs(cfg.data.id_val, "id")
@@ -200,7 +201,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
 
     stop = cfg.train.stop_after_epoch
     last = stop if 0 < stop < cfg.train.epochs else cfg.train.epochs  # epochs this run trains
-    upcoming = None
+    upcoming, val_cache = None, EvalCache()
     for epoch in range(start, cfg.train.epochs):
         # The fault switch fires once: only in an attempt that did not start from a checkpoint.
         fail = (epoch == cfg.train.fail_at_epoch and resumes == 0 and rank == world - 1)
@@ -226,7 +227,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                    "resumes": resumes, "world_size": world, "nodes": nodes, "id_batch_per_rank": id_batch,
                    "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
         if rank == 0 and cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0:
-            metrics.update(_validate(model, cfg, device))
+            metrics.update(_validate(model, cfg, device, val_cache))
         history.append(metrics)
         if rank == 0:
             _print_line(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
