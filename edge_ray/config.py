@@ -35,6 +35,8 @@ class DataConfig:
     batch_size: int = 32          # ID images per rank per step
     oe_batch_size: int = 32       # OE images per rank per step
     loader_workers: int = 2       # DataLoader workers per rank
+    decoded_cache_mb: int = 0     # loader_workers=0: keep decoded training images (RGB, before the
+                                  # random crop) up to this many MB so later epochs skip decoding
     hflip: bool = True
     crop_scale: tuple = (0.5, 1.0)
     mean: tuple = IMAGENET_MEAN
@@ -385,6 +387,7 @@ def _range_checks(cfg: Config) -> list:
         (d.oe_batch_size >= 1, f"data.oe_batch_size must be >= 1, got {d.oe_batch_size}"),
         (d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}"),
         (d.loader_workers >= 0, f"data.loader_workers must be >= 0, got {d.loader_workers}"),
+        (d.decoded_cache_mb >= 0, f"data.decoded_cache_mb must be >= 0 (0: off), got {d.decoded_cache_mb}"),
         (hi_crop is not None and len(d.crop_scale) == 2 and 0 < float(lo_crop) <= float(hi_crop) <= 1,
          f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}"),
         (len(d.mean) == 3 and len(d.std) == 3 and all(float(x) > 0 for x in d.std),

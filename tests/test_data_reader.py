@@ -428,3 +428,46 @@ def test_eval_cache_replays_a_set_without_reading_it_again(sets, tmp_path):
     assert small.used == 0
     with pytest.raises(ValueError, match="damaged"):
         list(small.loader(index, **kw))
+
+
+def test_decoded_cache_gives_the_same_batches_and_skips_decoding(sets, monkeypatch):
+    """train_loader(decoded_cache_mb=...) in-process: two epochs give bit-identical batches
+    (images, labels, OE, keys) to the uncached loader; the second epoch decodes only the ID
+    images the first did not read, and a budget of 10 images keeps 10 and decodes the rest."""
+    from edge_ray.data import reader
+
+    id_index, oe_index = sets
+    decoded = []
+    real = reader.decode_image
+    monkeypatch.setattr(reader, "decode_image", lambda data, **kw: decoded.append(1) or real(data, **kw))
+
+    def epoch(e, mb):
+        return list(train_loader(id_index, oe_index, batch_size=4, oe_batch_size=3, image_size=6, epoch=e,
+                                 seed=3, rank=0, world_size=1, num_workers=0, crop_scale=(0.3, 1.0),
+                                 return_keys=True, decoded_cache_mb=mb))
+
+    def same(a, b):
+        assert len(a) == len(b) == 12
+        for (x, y, o, k), (x2, y2, o2, k2) in zip(a, b):
+            assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(o, o2) and k == k2
+
+    def ids(batches):
+        return {k for b in batches for k in b[3]}
+
+    reader.DECODED.clear()
+    plain = [epoch(e, 0) for e in (0, 1)]
+    assert reader.DECODED.used == 0
+    decoded.clear()
+    first = epoch(0, 1)
+    assert len(reader.DECODED._images) == 48 + 5  # the epoch's 12 x 4 ID images and the 5 OE images
+    assert reader.DECODED.used == 53 * 8 * 8 * 3
+    before = len(decoded)
+    second = epoch(1, 1)
+    assert len(decoded) - before == len(ids(second) - ids(first)) > 0
+    same(first, plain[0])
+    same(second, plain[1])
+
+    reader.DECODED.clear()
+    same(epoch(0, 10 * 8 * 8 * 3 / 2 ** 20), plain[0])  # room for 10 decoded 8x8 images
+    assert len(reader.DECODED._images) == 10
+    reader.DECODED.clear()

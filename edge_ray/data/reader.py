@@ -28,7 +28,7 @@ from .index import ShardIndex, read_labels
 from .plan import steps_per_epoch
 from .records import Record, read_positions, read_shard
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform,
-                         normalize_batch, stack_uint8, train_transform)
+                         normalize_batch, stack_uint8, to_rgb, train_transform)
 
 __all__ = ["TrainLoader", "EvalLoader", "EvalCache", "train_loader", "eval_loader", "steps_per_epoch",
            "read_labels", "multi_hot"]
@@ -45,7 +45,7 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  shuffle_buffer: int = 1000, decode: str = "cpu", return_keys: bool = False,
                  pin_memory: bool | None = None, device=None, gpu_feeder: str = "serial",
                  gpu_crops: str = "batched", prefetch_to_device: bool = False,
-                 cpu_decode_share: float = 0.0) -> "TrainLoader":
+                 cpu_decode_share: float = 0.0, decoded_cache_mb: float = 0) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
@@ -60,6 +60,11 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     `cpu_decode_share` (decode="gpu", 0..1): that share of each batch is decoded by PIL in
     the DataLoader workers, as the CPU path does, instead of by nvJPEG (then cropped on the
     GPU with the rest): the workers' cores take part of the decoding off the GPU.
+    `decoded_cache_mb` (CPU decode, `num_workers=0`): decoded images (RGB, before the random
+    crop) are kept in this process, up to that many MB in all, and later epochs crop them
+    instead of decoding the bytes again: the same pixels, the same batches. For sets whose
+    decoded images fit in memory (the embedded benchmark's 32 px canvases: 18 MB); worker
+    processes end with their epoch, so with `num_workers > 0` it does nothing.
     `pin_memory`: the DataLoader's pin thread page-locks each batch. None (the default):
     only the packed batches of a GPU decode stage on CUDA (`PackedBatch.pin_memory`).
     """
@@ -85,7 +90,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
         seed=seed, rank=rank, world_size=world_size, num_workers=max(1, num_workers),
         transform=train_transform(image_size, hflip=hflip, crop_scale=crop_scale, mean=mean, std=std),
         shuffle_buffer=shuffle_buffer, return_keys=return_keys, packed=decode_on is not None,
-        cpu_share=cpu_decode_share)
+        cpu_share=cpu_decode_share,
+        cache=DECODED.sized(decoded_cache_mb) if decoded_cache_mb > 0 and num_workers == 0 else None)
     decoder = None if decode_on is None else gpu.BatchDecoder(image_size, mean, std, decode_on,
                                                               batched=gpu_crops == "batched")
     if pin_memory is None:
@@ -282,7 +288,7 @@ class _TrainStream(IterableDataset):
 
     def __init__(self, id_index, oe_index, *, batch_size, oe_batch_size, epoch, seed, rank,
                  world_size, num_workers, transform, shuffle_buffer, return_keys, packed=False,
-                 cpu_share=0.0):
+                 cpu_share=0.0, cache=None):
         self.id_index, self.oe_index, self.transform = id_index, oe_index, transform
         self.batch_size, self.oe_batch_size = int(batch_size), int(oe_batch_size)
         if self.oe_batch_size < 1:
@@ -291,6 +297,7 @@ class _TrainStream(IterableDataset):
         self.num_workers, self.shuffle_buffer, self.return_keys = num_workers, shuffle_buffer, return_keys
         self.packed = packed  # yield `gpu.PackedBatch`es for the GPU stage instead of pixels
         self.cpu_share = cpu_share  # of each packed batch: decoded here by PIL (`gpu.pack_batch`)
+        self.cache = cache  # DecodedCache: decoded images kept between epochs (in-process only)
         self.steps = steps_per_epoch(id_index.num_samples, self.batch_size, world_size)
 
     def __iter__(self):
@@ -303,6 +310,9 @@ class _TrainStream(IterableDataset):
         if self.packed:
             def stage(records, transform, gen):
                 return gpu.pack_batch(records, transform, gen, cpu_share=self.cpu_share)
+        elif self.cache is not None:
+            def stage(records, transform, gen):
+                return _decode_batch(records, transform, gen, self.cache)
         else:
             stage = _decode_batch
         for id_batch, oe_batch in self.record_batches(worker):
@@ -368,20 +378,62 @@ class _EvalStream(IterableDataset):
             yield x, multi_hot(batch, self.index.num_classes), [r.key for r in batch]
 
 
-def _decode_batch(records: list[Record], transform, gen) -> torch.Tensor:
+def _decode_batch(records: list[Record], transform, gen, cache: "DecodedCache | None" = None) -> torch.Tensor:
     """The CPU decode stage, in a DataLoader worker: bytes -> RGB -> crop/resize/flip ->
     uint8 [B, 3, S, S] channels-last. The loader normalises it in the main process (or on
     the GPU): a worker's float32 batch was four times the bytes to hand over, and the
-    normalising pass cost as much as a tenth of the decode."""
+    normalising pass cost as much as a tenth of the decode. With a `cache`, decoded images
+    are taken from it or put in it (the crop is drawn from `gen` either way)."""
+    if cache is None:
+        return stack_uint8([transform.geometric_uint8(_decode(rec, transform), gen) for rec in records])
     images = []
     for rec in records:
-        try:
-            img = decode_image(rec.data, min_size=transform.min_decode_size)
-        except Exception as err:  # PIL raises several types for corrupt or hostile bytes
-            raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: cannot decode the "
-                             f".{rec.ext} image ({err})") from err
-        images.append(transform.geometric_uint8(img, gen))
+        pixels = cache.get(rec, transform.min_decode_size)
+        if pixels is None:
+            rgb = np.array(to_rgb(_decode(rec, transform)), dtype=np.uint8)
+            pixels = cache.put(rec, transform.min_decode_size, rgb)
+        images.append(transform.geometric_pixels(pixels, gen))
     return stack_uint8(images)
+
+
+def _decode(rec: Record, transform):
+    try:
+        return decode_image(rec.data, min_size=transform.min_decode_size)
+    except Exception as err:  # PIL raises several types for corrupt or hostile bytes
+        raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: cannot decode the "
+                         f".{rec.ext} image ({err})") from err
+
+
+class DecodedCache:
+    """Decoded RGB images of this process, by (shard, key, decode size), up to a byte budget
+    (no eviction: once full, further images are decoded every time)."""
+
+    def __init__(self):
+        self.max_bytes, self.used = 0, 0
+        self._images: dict[tuple, np.ndarray] = {}
+
+    def sized(self, mb: float) -> "DecodedCache":
+        """This cache, its budget raised to `mb` MiB if that is more."""
+        self.max_bytes = max(self.max_bytes, int(mb * (1 << 20)))
+        return self
+
+    def get(self, rec: Record, min_size: int) -> np.ndarray | None:
+        return self._images.get((rec.shard, rec.key, min_size))
+
+    def put(self, rec: Record, min_size: int, pixels: np.ndarray) -> np.ndarray:
+        if self.used + pixels.nbytes <= self.max_bytes:
+            self._images[(rec.shard, rec.key, min_size)] = pixels
+            self.used += pixels.nbytes
+        return pixels
+
+    def clear(self) -> None:
+        self._images.clear()
+        self.used = self.max_bytes = 0
+
+
+# The training process's decoded images (`train_loader(decoded_cache_mb=...)`): one per
+# process, so every epoch's loader finds what the epochs before it decoded.
+DECODED = DecodedCache()
 
 
 def _take(items: Iterator, n: int) -> list:

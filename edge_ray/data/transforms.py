@@ -69,6 +69,11 @@ class TrainTransform:
         top, left, h, w, flip = self.sample_crop(img.width, img.height, gen)
         return crop_uint8(img, (top, left, h, w), flip, self.image_size)
 
+    def geometric_pixels(self, pixels: np.ndarray, gen: np.random.Generator) -> torch.Tensor:
+        """`geometric_uint8` of an image already decoded to RGB uint8 [H, W, 3] (left unchanged)."""
+        top, left, h, w, flip = self.sample_crop(pixels.shape[1], pixels.shape[0], gen)
+        return crop_pixels(pixels, (top, left, h, w), flip, self.image_size)
+
     def geometric(self, img: Image.Image, gen: np.random.Generator) -> Image.Image:
         """The random crop + resize + flip, still a PIL image (normalising is batched)."""
         from torchvision.transforms import functional as F
@@ -120,7 +125,12 @@ def crop_uint8(img: Image.Image, box: tuple[int, int, int, int] | None, flip: bo
     The same pixels as torchvision's `v2.functional.resized_crop(antialias=True)` (a test
     holds them equal), called here on torch directly: torchvision's dispatch cost ~50 us an
     image, as much as decoding a 32 px PNG, and importing it ~2 s in every Train worker."""
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    return crop_pixels(np.array(img, dtype=np.uint8), box, flip, size)
+
+
+def crop_pixels(pixels: np.ndarray, box: tuple[int, int, int, int] | None, flip: bool, size: int) -> torch.Tensor:
+    """`crop_uint8` of RGB uint8 [H, W, 3] pixels (which it never writes to)."""
+    x = torch.from_numpy(pixels).permute(2, 0, 1)
     top, left, h, w = box if box is not None else (0, 0, x.shape[1], x.shape[2])
     if (h, w) != (size, size) or (top, left) != (0, 0) or x.shape[1:] != (size, size):
         x = _resize_uint8(x[:, top:top + h, left:left + w], size)

@@ -148,7 +148,7 @@ class TrainSummary:
 # Keys that may change between a run and its resumption: how long, where, on what
 # resources, with which input mechanics; not what is trained.
 RESUMABLE_CHANGES = {
-    "data": {"loader_workers", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
+    "data": {"loader_workers", "decoded_cache_mb", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
     "model": {"compile", "compile_mode", "channels_last"},
     "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every", "placement",
               "min_workers", "resize_interval_s", "start_timeout_s", "audit_keys",

@@ -180,6 +180,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             crop_scale=cfg.data.crop_scale, mean=cfg.data.mean, std=cfg.data.std,
                             decode=cfg.data.decode, device=device, gpu_feeder=cfg.data.gpu_feeder,
                             gpu_crops=cfg.data.gpu_crops, cpu_decode_share=cfg.data.cpu_decode_share,
+                            decoded_cache_mb=cfg.data.decoded_cache_mb,
                             # CPU-decoded batches pinned and copied to the GPU by a thread on
                             # its own stream, a batch ahead: the copy overlaps the last step;
                             # GPU decode pins its packed batches on CUDA by itself (None)
