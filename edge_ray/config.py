@@ -314,6 +314,7 @@ def load_config(path: str | Path | None = None, overrides=()) -> Config:
 
 
 METHODS = ("bce", "edge", "oe", "hendrycks_oe", "energy_oe", "focal", "asl", "dbloss")
+BACKBONES = ("resnet50", "vgg16", "densenet121", "smallcnn")  # edge_ray.models builds them
 OE_METHODS = ("edge", "oe", "hendrycks_oe", "energy_oe")
 
 
@@ -339,7 +340,6 @@ def _choice(value, key: str, options) -> str | None:
 
 
 def _name_checks(cfg: Config) -> list:
-    from edge_ray.models import BACKBONES
     from edge_ray.scores import SCORES
 
     checks = [_choice(cfg.loss.method, "loss.method", METHODS),

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-BACKBONES = ("resnet50", "vgg16", "densenet121", "smallcnn")
+from edge_ray.config import BACKBONES  # listed beside the checks of model.name
 
 
 class MultiLabelNet(nn.Module):

@@ -123,7 +123,7 @@ def add_demo(sub, common) -> None:
 
 
 def add_rank_oe(sub, common) -> None:
-    from edge_ray.distributed.rank_oe import add_parser
+    from edge_ray.distributed.rank_oe_cli import add_parser
     add_parser(sub, common)
 
 
@@ -143,7 +143,7 @@ def add_predict(sub, common) -> None:
 
 
 def add_tune(sub, common) -> None:
-    from edge_ray.distributed.tune import add_parser
+    from edge_ray.distributed.tune_cli import add_parser
     add_parser(sub, common)
 
 
