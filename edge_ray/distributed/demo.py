@@ -19,7 +19,7 @@ from edge_ray.config import Config, load_config
 from edge_ray.recipes import describe_recipe, recipe_record
 
 # What each stage costs is set here so `--quick` and the default stay within their budgets
-# on 2 cores (README: about 1 and 5 minutes).
+# on 2 cores (README: about 1 and 4 minutes).
 PRESETS = {
     "quick": {"sizes": dict(quick=True, n_train=2000), "epochs": 4, "tau": 1, "methods": ("bce", "edge")},
     "full": {"sizes": dict(quick=False), "epochs": 7, "tau": 2, "methods": ("bce", "oe", "energy_oe", "edge")},
@@ -33,7 +33,7 @@ OOD_SETS = ("ood_digits89", "ood_letters", "ood_flower_edges", "ood_scribble", "
 def add_parser(sub, common) -> None:
     p = sub.add_parser("demo", help="run the embedded benchmark end to end (no download)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
-                       epilog="examples:\n  python launch.py demo            # about 5 minutes on 2 cores\n"
+                       epilog="examples:\n  python launch.py demo            # about 4 minutes on 2 cores\n"
                               "  python launch.py demo --quick    # about 1 minute\n"
                               "  python launch.py demo --out results/demo-seed1 --seed 1")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
