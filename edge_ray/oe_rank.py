@@ -26,7 +26,8 @@ import torch
 
 from edge_ray.data import IMAGENET_MEAN, IMAGENET_STD, ShardIndex, eval_transform, load_index
 from edge_ray.data.records import read_positions
-from edge_ray.data.transforms import decode_image, normalize_batch, stack_uint8
+from edge_ray.data.reader import decode_batch
+from edge_ray.data.transforms import normalize_batch
 from edge_ray.engine import collect_outputs
 from edge_ray.models import MultiLabelNet, build_model
 from edge_ray.oe_select import SPECTRUM_METHODS, batch_distances
@@ -78,22 +79,13 @@ def set_features(model: MultiLabelNet, index: ShardIndex, positions: np.ndarray,
         # The evaluation loader's preprocessing (uint8 resize, one normalising pass per batch):
         # the same pixels as `evaluate` sees, at a fraction of the per-image PIL/torchvision cost.
         while chunk := list(itertools.islice(records, opts.batch_size)):
-            pixels = stack_uint8([transform.geometric_uint8(_decode(r, transform.min_decode_size)) for r in chunk])
-            x = normalize_batch(pixels, transform.mean, transform.std)
+            x = normalize_batch(decode_batch(chunk, transform, None), transform.mean, transform.std)
             yield x, np.zeros((len(chunk), 0), np.float32), [r.key for r in chunk]
 
     found = collect_outputs(model.to(device), batches(), device=torch.device(device))["features"]
     features = np.empty_like(found)
     features[order] = found
     return features
-
-
-def _decode(rec, min_size: int):
-    try:
-        return decode_image(rec.data, min_size=min_size)
-    except Exception as err:  # PIL raises several types for corrupt bytes
-        raise ValueError(f"shard {rec.shard!r}, key {rec.key!r}: cannot decode the .{rec.ext} "
-                         f"image ({err})") from err
 
 
 def measure(id_features, oe_features, opts: RankOptions) -> dict:

@@ -303,7 +303,7 @@ def test_uint8_worker_path_equals_the_pil_path(source, size, crop):
     channels-last memory."""
     import io
 
-    from edge_ray.data.reader import _decode_batch
+    from edge_ray.data.reader import decode_batch
     from edge_ray.data.records import Record
     from edge_ray.data.transforms import decode_image, normalize_batch, to_normalized_batch
 
@@ -315,7 +315,7 @@ def test_uint8_worker_path_equals_the_pil_path(source, size, crop):
         Image.fromarray(pixels).save(buf, format="JPEG" if i % 2 else "PNG")
         recs.append(Record(key=f"k{i}", ext="jpg" if i % 2 else "png", data=buf.getvalue(), labels=(), shard="mem"))
     t = train_transform(size, crop_scale=crop)
-    raw = _decode_batch(recs, t, np.random.default_rng(11))
+    raw = decode_batch(recs, t, np.random.default_rng(11))
     assert raw.dtype == torch.uint8 and raw.shape == (6, 3, size, size)
     assert raw.is_contiguous(memory_format=torch.channels_last)
     new = normalize_batch(raw, t.mean, t.std)

@@ -31,7 +31,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from edge_ray.data import gpu, load_index, train_loader, train_transform
-from edge_ray.data.reader import _decode_batch
+from edge_ray.data.reader import decode_batch
 from edge_ray.data.transforms import normalize_batch
 from edge_ray.data.records import Record
 from edge_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image
@@ -255,7 +255,7 @@ def test_mixed_batch_jpeg_png_grey_cmyk(image_size):
     assert packed.on_gpu == [True, False, True, False, True, False]
     assert len(packed) == 6 and len(packed.encoded_sizes) == 3
     (x,) = gpu.BatchDecoder(image_size, IMAGENET_MEAN, IMAGENET_STD, "cpu")(packed)
-    ref = normalize_batch(_decode_batch(batch, t, np.random.default_rng(1)), IMAGENET_MEAN, IMAGENET_STD)
+    ref = normalize_batch(decode_batch(batch, t, np.random.default_rng(1)), IMAGENET_MEAN, IMAGENET_STD)
     assert x.shape == ref.shape == (6, 3, image_size, image_size)
     assert (pixels(x) - pixels(ref)).abs().mean(dim=(1, 2, 3)).max() < 1.5
 

@@ -97,7 +97,7 @@ class PackedBatch:
 
 def pack_batch(records: list[Record], transform: TrainTransform, gen: np.random.Generator,
                cpu_share: float = 0.0) -> PackedBatch:
-    """The worker half of the GPU stage: `reader._decode_batch`'s counterpart.
+    """The worker half of the GPU stage: `reader.decode_batch`'s counterpart.
 
     Consumes `gen` exactly as the CPU path does (one `sample_crop` per record, in order),
     so both paths draw the same crops from the same seeds. `cpu_share` (0..1): that share

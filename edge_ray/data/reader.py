@@ -16,6 +16,7 @@ per-epoch shuffled, rotated shard order.
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -28,10 +29,10 @@ from .index import ShardIndex, read_labels
 from .plan import steps_per_epoch
 from .records import Record, read_positions, read_shard
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform,
-                         normalize_batch, stack_uint8, to_rgb, train_transform)
+                         normalize_batch, rgb_pixels, stack_uint8, train_transform)
 
 __all__ = ["TrainLoader", "EvalLoader", "EvalCache", "train_loader", "eval_loader", "steps_per_epoch",
-           "read_labels", "multi_hot"]
+           "read_labels", "multi_hot", "decode_batch"]
 # The feeder threads' CUDA streams: high priority, so their small kernels take the next
 # free SMs rather than queue behind the training step's (no measurable effect on an H100,
 # benchmarks/README.md run 4, and no cost).
@@ -310,11 +311,8 @@ class _TrainStream(IterableDataset):
         if self.packed:
             def stage(records, transform, gen):
                 return gpu.pack_batch(records, transform, gen, cpu_share=self.cpu_share)
-        elif self.cache is not None:
-            def stage(records, transform, gen):
-                return _decode_batch(records, transform, gen, self.cache)
         else:
-            stage = _decode_batch
+            stage = functools.partial(decode_batch, cache=self.cache)
         for id_batch, oe_batch in self.record_batches(worker):
             x_id = stage(id_batch, self.transform, id_gen)
             x_oe = None if oe_batch is None else stage(oe_batch, self.transform, oe_gen)
@@ -374,24 +372,23 @@ class _EvalStream(IterableDataset):
                                         self.world_size, worker, self.num_workers)
         records = read_positions([u for u, _ in self.index.shards], self.index.shard_sizes, positions)
         while batch := _take(records, self.batch_size):
-            x = _decode_batch(batch, self.transform, None)
+            x = decode_batch(batch, self.transform, None)
             yield x, multi_hot(batch, self.index.num_classes), [r.key for r in batch]
 
 
-def _decode_batch(records: list[Record], transform, gen, cache: "DecodedCache | None" = None) -> torch.Tensor:
+def decode_batch(records: list[Record], transform, gen, cache: "DecodedCache | None" = None) -> torch.Tensor:
     """The CPU decode stage, in a DataLoader worker: bytes -> RGB -> crop/resize/flip ->
     uint8 [B, 3, S, S] channels-last. The loader normalises it in the main process (or on
     the GPU): a worker's float32 batch was four times the bytes to hand over, and the
     normalising pass cost as much as a tenth of the decode. With a `cache`, decoded images
     are taken from it or put in it (the crop is drawn from `gen` either way)."""
-    if cache is None:
-        return stack_uint8([transform.geometric_uint8(_decode(rec, transform), gen) for rec in records])
     images = []
     for rec in records:
-        pixels = cache.get(rec, transform.min_decode_size)
+        pixels = None if cache is None else cache.get(rec, transform.min_decode_size)
         if pixels is None:
-            rgb = np.array(to_rgb(_decode(rec, transform)), dtype=np.uint8)
-            pixels = cache.put(rec, transform.min_decode_size, rgb)
+            pixels = rgb_pixels(_decode(rec, transform))
+            if cache is not None:
+                cache.put(rec, transform.min_decode_size, pixels)
         images.append(transform.geometric_pixels(pixels, gen))
     return stack_uint8(images)
 
@@ -420,11 +417,10 @@ class DecodedCache:
     def get(self, rec: Record, min_size: int) -> np.ndarray | None:
         return self._images.get((rec.shard, rec.key, min_size))
 
-    def put(self, rec: Record, min_size: int, pixels: np.ndarray) -> np.ndarray:
+    def put(self, rec: Record, min_size: int, pixels: np.ndarray) -> None:
         if self.used + pixels.nbytes <= self.max_bytes:
             self._images[(rec.shard, rec.key, min_size)] = pixels
             self.used += pixels.nbytes
-        return pixels
 
     def clear(self) -> None:
         self._images.clear()

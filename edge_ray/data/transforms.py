@@ -65,9 +65,7 @@ class TrainTransform:
     def geometric_uint8(self, img: Image.Image, gen: np.random.Generator) -> torch.Tensor:
         """The random crop + resize + flip as uint8 [3, S, S] (`crop_uint8`), drawing the crop
         from `gen` as `geometric` does: the reader's CPU path."""
-        img = to_rgb(img)
-        top, left, h, w, flip = self.sample_crop(img.width, img.height, gen)
-        return crop_uint8(img, (top, left, h, w), flip, self.image_size)
+        return self.geometric_pixels(rgb_pixels(img), gen)
 
     def geometric_pixels(self, pixels: np.ndarray, gen: np.random.Generator) -> torch.Tensor:
         """`geometric_uint8` of an image already decoded to RGB uint8 [H, W, 3] (left unchanged)."""
@@ -107,12 +105,21 @@ class EvalTransform:
         return F.resize(to_rgb(img), [self.image_size, self.image_size], antialias=True)
 
     def geometric_uint8(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
-        return crop_uint8(to_rgb(img), None, False, self.image_size)
+        return self.geometric_pixels(rgb_pixels(img), gen)
+
+    def geometric_pixels(self, pixels: np.ndarray, gen: np.random.Generator | None = None) -> torch.Tensor:
+        return crop_pixels(pixels, None, False, self.image_size)
 
     def __call__(self, img: Image.Image, gen: np.random.Generator | None = None) -> torch.Tensor:
         from torchvision.transforms import functional as F
 
         return F.normalize(F.to_tensor(self.geometric(img)), self.mean, self.std)
+
+
+def rgb_pixels(img: Image.Image) -> np.ndarray:
+    """A decoded image as RGB uint8 [H, W, 3], what `geometric_pixels` crops (and the reader's
+    decoded-image cache keeps)."""
+    return np.array(to_rgb(img), dtype=np.uint8)
 
 
 def crop_uint8(img: Image.Image, box: tuple[int, int, int, int] | None, flip: bool, size: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""`launch.py rank-oe`'s arguments: kept apart from `rank_oe.py` so that building the CLI's
-parser (every command, `--help` included) does not import torch and Ray (~2 s)."""
+"""`launch.py rank-oe`'s arguments: kept apart from `rank_oe.py`, so that adding this parser to
+the CLI's does not import torch and Ray (~2 s) (other commands' parsers still bring in torch)."""
 from __future__ import annotations
 
 import argparse
