@@ -106,8 +106,12 @@ def main(argv=None) -> int:
             from edge_ray.distributed.interrupts import run_interruptible
             return run_interruptible(commands.dispatch, args, hint=commands.resume_hint)
         return commands.dispatch(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # a command that handles Ctrl-C itself (tune), caught before it could
+        try:
+            hint = f": {commands.resume_hint(args)}"
+        except Exception:  # noqa: BLE001 - the interrupt is what the user must hear about
+            hint = ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
     except Exception as err:  # one line with the fix, unless --debug
         cause = commands.root_cause(err)

@@ -102,7 +102,7 @@ PLAN: list[tuple[str, str, str]] = [
     ("tune --config configs/tiny.yaml --space tuning/paper_grid.yaml --trials 8 data.oe_val=data/demo-quick/oe_digit7",
      START, r"^search "),
     ("tune --config configs/tiny.yaml --space tuning/continuous.yaml --trials 8 --cpus-per-trial 0.5 "
-     "--name tiny-cont data.oe_val=data/demo-quick/oe_digit7", START, r"^search "),
+     "--name tiny-cont data.oe_val=data/demo-quick/oe_digit7", START, r"^Trial status"),  # saved: resumable
     ("tune --resume --name tiny-cont", START, r"^resuming search tiny-cont"),
     ("python -c import optuna; print(optuna.load_study(study_name='tiny-cont', "
      "storage='sqlite:///results/tune/tiny-cont/study.db').best_params)", OTHER,

@@ -5,6 +5,7 @@ input checks that must fail before any trial starts.
 """
 import csv
 import os
+import shlex
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from ray import tune
 
 from edge_ray.config import ConfigError, load_config
+from edge_ray.distributed.commands import resume_hint
 from edge_ray.distributed.tune import (SearchSettings, check_search, make_scheduler, make_settings,
                                        run_search, settings_from_args)
 from edge_ray.distributed.tune_settings import concurrency, trial_base
@@ -105,6 +107,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local,
     assert kept["trial"] == marker.read_text()
 
     args = _args(resume=True, name=s.name, out=s.out)
+    # what launch.py prints when Ctrl-C comes before Tune's own handler (e.g. while restoring)
+    hint = resume_hint(_args(command="tune", argv=["tune", "--resume", "--name", s.name], resume=True,
+                             name=s.name, out=s.out))
+    assert hint.endswith(f"python launch.py tune --resume --name {s.name} --out {s.out}"), hint
     resumed = run_search(settings_from_args(args), resume=True)
     assert resumed.complete and len(resumed.rows) == 2
     assert all(r["status"] == "DONE" for r in resumed.rows)
@@ -118,6 +124,39 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local,
     assert len(study.trials) == 2 and study.directions[1] == optuna.study.StudyDirection.MAXIMIZE
     pareto = (Path(s.out) / "pareto.md").read_text()
     assert len(study.best_trials) == sum(1 for line in pareto.splitlines() if "| DONE |" in line)
+
+
+class CtrlCBeforeTheFirstTrial(tune.Callback):
+    """Ctrl-C while Tune sets the experiment up, before its SIGINT handler or any saved state:
+    Python raises KeyboardInterrupt wherever the main thread is."""
+
+    def setup(self, **info):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_search_started_leaves_nothing_in_the_way(ray_local, tiny_shards, tmp_path):
+    """An interrupted start leaves neither search.yaml nor an Optuna study behind (with them,
+    `--resume` finds no experiment and the same command finds the study taken); the hint says
+    to run the command again, and that command then runs."""
+    s = _settings(tiny_shards, tmp_path, "early", trials=1)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_search(s, callbacks=[CtrlCBeforeTheFirstTrial()])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert not (Path(s.out) / "search.yaml").exists()
+    assert s.name not in optuna.study.get_all_study_names(storage=s.storage)
+    argv = ["tune", "--config", "c.yaml", "--space", "s.yaml", "--trials", "1", "--name", s.name]
+    over = tiny_overrides(tiny_shards, tmp_path / "runs", **{"train.epochs": 1,
+                                                              "data.oe_val": tiny_shards / "oe_digit7"})
+    hint = resume_hint(_args(command="tune", argv=argv, config=str(ROOT / "configs/tiny.yaml"),
+                             space=str(ROOT / "tuning/continuous.yaml"), trials=1, overrides=over,
+                             name=s.name, out=s.out, cpus_per_trial=0.25))
+    assert "had not started" in hint and hint.endswith(shlex.join(["python", "launch.py", *argv])), hint
+    res = run_search(s)
+    assert res.complete and [r["status"] for r in res.rows] == ["DONE"]
 
 
 def _args(**kw):

@@ -130,9 +130,50 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
         print(f"search {s.name}: {s.trials} trials, up to {n} at a time, {t.num_workers} worker(s) x "
               f"({each}{t.cpus_per_worker:g} CPU); objective {', '.join(s.metrics)} ({', '.join(s.modes)}); "
               f"Optuna study {s.name!r} in {s.storage}; Tune experiment {path}")
-        tuner = _build_tuner(s, dists, fixed, n, callbacks)
+        try:
+            grid = _build_tuner(s, dists, fixed, n, callbacks).fit()
+        except BaseException:  # Ctrl-C (or an error) before Tune saved the experiment's state
+            if not started(s):
+                _forget_unstarted(s)
+            raise
+        return write_outputs(s, grid, list(dists) + list(fixed))
     grid = tuner.fit()
     return write_outputs(s, grid, list(dists) + list(fixed))
+
+
+# What a Tuner writes into its experiment folder before the first experiment state.
+_SETUP_FILES = {"tuner.pkl", ".validate_storage_marker"}
+
+
+def _forget_unstarted(s: SearchSettings) -> None:
+    """Undo what a new search wrote before Tune saved its experiment's state (search.yaml, the
+    Optuna study the searcher created, the Tuner's set-up files): with them left, ``--resume``
+    would find an experiment without trials and the same command again a study that exists.
+    ``_check_fresh`` made sure none of it was there before."""
+    path = experiment_path(s)
+    try:
+        if storage.is_dir(path) and set(storage.listdir(path)) <= _SETUP_FILES:
+            storage.delete_tree(path)
+    except Exception:  # noqa: BLE001 - best effort; the error or interrupt that brought us here wins
+        pass
+    try:
+        if s.name in optuna.study.get_all_study_names(storage=s.storage):
+            optuna.delete_study(study_name=s.name, storage=s.storage)
+    except Exception:  # noqa: BLE001 - best effort; the error or interrupt that brought us here wins
+        pass
+    try:
+        storage.delete(storage.join(s.out, "search.yaml"))
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def started(s: SearchSettings) -> bool:
+    """Whether Tune saved the search's experiment state (``--resume`` continues it from there)."""
+    path = experiment_path(s)
+    try:
+        return any(n.startswith("experiment_state") and n.endswith(".json") for n in storage.listdir(path))
+    except Exception:  # noqa: BLE001 - no folder (or none readable): nothing to continue
+        return False
 
 
 def collect_rows(s: SearchSettings, grid, params: list[str]) -> list[dict]:
