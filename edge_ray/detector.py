@@ -96,7 +96,8 @@ def decode_error(data: bytes, err: BaseException) -> str:
 
 
 def to_pixels(image, transform) -> np.ndarray:
-    """uint8 [S, S, 3]: one image after decoding and the eval transform's resize.
+    """uint8 [S, S, 3]: one image after decoding and the eval transform's resize, the same
+    pixels as the evaluation loader's (`reader.decode_batch`: the same decode and uint8 resize).
 
     ``image``: encoded bytes (JPEG, PNG, WebP), a PIL image, a uint8 array or tensor
     ([H, W], [H, W, C] or [C, H, W] with C in 1, 3, 4), or a location (path or URI) of a file.
@@ -107,17 +108,24 @@ def to_pixels(image, transform) -> np.ndarray:
         data = bytes(image)
         try:
             img = transforms.decode_image(data, min_size=transform.min_decode_size)
-            return np.asarray(transform.geometric(img), dtype=np.uint8)
+            return _resized(img, transform)
         except Exception as err:  # PIL raises many types for corrupt or hostile bytes
             raise ValueError(decode_error(data, err)) from err
     if isinstance(image, Image.Image):
-        return np.asarray(transform.geometric(image), dtype=np.uint8)
+        return _resized(image, transform)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
-        return np.asarray(transform.geometric(Image.fromarray(_hwc(image))), dtype=np.uint8)
+        return _resized(Image.fromarray(_hwc(image)), transform)
     raise ValueError(f"cannot read an image from {type(image).__name__}; pass encoded bytes, a PIL "
                      "image, a uint8 array or tensor, or a file location")
+
+
+def _resized(img: Image.Image, transform) -> np.ndarray:
+    """RGB uint8 [S, S, 3] as the evaluation loader resizes it (torch's uint8 antialiased
+    resize; PIL's own differs by up to one level when shrinking)."""
+    chw = transform.geometric_pixels(transforms.rgb_pixels(img))
+    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
 
 
 def _hwc(a: np.ndarray) -> np.ndarray:

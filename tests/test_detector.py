@@ -118,6 +118,36 @@ def test_every_kind_of_image_gives_the_same_prediction(exported, tmp_path):
     assert out.rows()[0]["labels"] == out.labels[0] and out.rows()[0]["error"] is None
 
 
+def test_pixels_equal_the_evaluation_loaders_when_shrinking(exported):
+    """A detector sees an image as `evaluate` does: bytes larger than the model's input (PNG,
+    JPEG big enough for the draft decode, grey, RGBA) give the reader's decode stage's pixels
+    exactly, not PIL's resize (which differs by a level here and there when shrinking)."""
+    from edge_ray.data.reader import decode_batch
+    from edge_ray.data.records import Record
+    from edge_ray.detector import to_pixels
+
+    det = Detector.load(str(exported[0]))
+    size = det.transform.image_size
+    rng = np.random.default_rng(7)
+    differs_from_pil = 0
+    for i, (h, w, fmt, mode) in enumerate([(90, 70, "PNG", "RGB"), (41, 57, "PNG", "L"), (64, 64, "PNG", "RGBA"),
+                                            (200, 150, "JPEG", "RGB"), (97, 131, "JPEG", "L")]):
+        smooth = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 4), dtype=np.uint8)
+        img = Image.fromarray(smooth).resize((w, h), Image.BILINEAR)  # smooth, so a shrink is not all noise
+        img = img.convert(mode)
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        data = buf.getvalue()
+        rec = Record(key=f"k{i}", ext="png" if fmt == "PNG" else "jpg", data=data, labels=(), shard="s")
+        want = decode_batch([rec], det.transform, None)[0].permute(1, 2, 0).numpy()
+        got = to_pixels(data, det.transform)
+        assert got.shape == (size, size, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want, err_msg=f"{fmt} {mode} {h}x{w}")
+        pil = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=None))
+        differs_from_pil += int((pil != want).any())
+    assert differs_from_pil  # the shrink is exercised: PIL's own resize would not pass the test above
+
+
 def test_bad_images_raise_or_become_error_rows(exported):
     det = Detector.load(str(exported[0]))
     good = png(Image.new("RGB", (32, 32), (200, 10, 10)))
