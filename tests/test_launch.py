@@ -36,3 +36,20 @@ def test_help_has_example(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out.lower() and f"launch.py {command}" in out
+
+
+def test_building_the_parser_imports_none_of_the_heavy_libraries():
+    """`--help` (and the parse before every command) stays under a second: no subcommand's
+    parser imports torch, torchvision or Ray Train / Tune / Data (each command imports what it
+    needs when it runs; optuna's top-level import is cheap and lazy, so it may come along)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    heavy = ["torch", "torchvision", "ray.train", "ray.tune", "ray.data"]
+    code = ("import sys, launch; launch.build_parser(); "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(launch.__file__).parent, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "", f"building the parser imported: {run.stdout.strip()}"

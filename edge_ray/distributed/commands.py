@@ -136,7 +136,7 @@ def add_rank_oe(sub, common) -> None:
 
 
 def add_compare(sub, common) -> None:
-    from edge_ray.distributed.compare import add_parser
+    from edge_ray.distributed.compare_cli import add_parser
     add_parser(sub, common)
 
 
@@ -146,7 +146,7 @@ def add_export(sub, common) -> None:
 
 
 def add_predict(sub, common) -> None:
-    from edge_ray.distributed.predict import add_parser
+    from edge_ray.distributed.predict_cli import add_parser
     add_parser(sub, common)
 
 

@@ -1,22 +1,7 @@
-"""`launch.py predict`: batch inference with an exported detector, on Ray Data.
-
-    read     Ray Data reads the raw bytes: `read_webdataset` for a shard set (index.json),
-             `read_binary_files` for an image folder (recursive) or one image file,
-             `read_csv` / `read_json` / `read_parquet` for a manifest with a `path` column
-             (whose files are then fetched through edge_ray.storage);
-    decode   tasks: bytes -> `edge_ray.detector.to_pixels` (the project's one decoder and
-             the eval transform's resize) -> uint8 pixels, or the reason it failed;
-    predict  an actor pool: one Detector per actor (`--concurrency`, a GPU each with `--gpu`);
-    write    the driver streams the rows into one Parquet file at --out (a local path or a URI).
-
-Rows: key (sample key, or the path relative to the folder / as written in the manifest),
-path (the file's location, the tar's for shards), labels, probabilities, score, is_unknown,
-error. A file that is empty, corrupt, not an image or missing gets a row with `error` set
-and nulls elsewhere, and the run goes on; the count is printed at the end.
-"""
+"""The work of `launch.py predict` (what it does, the rows it writes and its arguments:
+predict_cli.py, which builds the parser without importing torch)."""
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -29,8 +14,6 @@ from edge_ray.distributed.predict_inputs import check_input, read_input
 SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("labels", pa.list_(pa.string())),
                     ("probabilities", pa.list_(pa.float32())), ("score", pa.float64()),
                     ("is_unknown", pa.bool_()), ("error", pa.string())])
-_EXAMPLE = ("python launch.py predict --model models/tiny-edge --input data/demo-quick/ood_letters "
-            "--out preds.parquet")
 
 
 # ---- stages (run in Ray tasks and actors) ---------------------------------------------------
@@ -189,43 +172,3 @@ def _count(table: pa.Table, counts: dict) -> None:
     for key, err in zip(table.column("key").to_pylist(), errors):
         if err is not None and len(counts["error_examples"]) < 3:
             counts["error_examples"].append(f"{key}: {err}")
-
-
-# ---- CLI ------------------------------------------------------------------------------------
-
-def add_parser(sub, common) -> None:
-    p = sub.add_parser("predict", help="run an exported detector on new images (Ray Data) into a Parquet file",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
-                       epilog=f"example:\n  {_EXAMPLE}\n  python launch.py predict --model s3://my-bucket/models/voc "
-                              "--input s3://my-bucket/new-images --out s3://my-bucket/preds.parquet --gpu --concurrency 4")
-    p.add_argument("--model", required=True, help="a detector folder written by `launch.py export` (path or URI)")
-    p.add_argument("--input", required=True, help="an image folder (recursive), a shard set (with index.json), a "
-                   "manifest (.csv/.jsonl/.parquet with a path column) or one image; a path or a URI")
-    p.add_argument("--out", required=True, help="the Parquet file to write (path or URI), e.g. preds.parquet")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    p.add_argument("--concurrency", type=int, default=1, help="model actors, one model each (default 1)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (default 1; "
-                   "also its torch threads, rounded)")
-    p.add_argument("--cpus-per-task", type=float, default=0.5, help="CPUs per read/decode task (default 0.5)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    common(p)
-    p.set_defaults(run=run)
-
-
-def run(args) -> int:
-    from edge_ray.distributed.cluster import connect
-
-    check_request(*(storage.normalize(x) for x in (args.model, args.input, args.out)), overwrite=args.overwrite,
-                  batch_size=args.batch_size, concurrency=args.concurrency,
-                  cpus=(args.cpus_per_actor, args.cpus_per_task))  # before Ray starts
-    connect(args.address)
-    c = run_predict(args.model, args.input, args.out, batch_size=args.batch_size, concurrency=args.concurrency,
-                    cpus_per_actor=args.cpus_per_actor, cpus_per_task=args.cpus_per_task, gpu=args.gpu,
-                    overwrite=args.overwrite)
-    rate = c["images"] / c["seconds"] if c["seconds"] > 0 else float("nan")
-    print(f"predicted {c['images']} images ({c['kind']}) in {c['seconds']:.1f}s ({rate:.0f} img/s): "
-          f"{c['unknown']} unknown (score < {c['threshold']:.6g}), {c['errors']} error(s) -> {c['out']}")
-    for example in c["error_examples"]:
-        print(f"  error: {example}")
-    return 0
