@@ -124,8 +124,7 @@ def to_pixels(image, transform) -> np.ndarray:
 def _resized(img: Image.Image, transform) -> np.ndarray:
     """RGB uint8 [S, S, 3] as the evaluation loader resizes it (torch's uint8 antialiased
     resize; PIL's own differs by up to one level when shrinking)."""
-    chw = transform.geometric_pixels(transforms.rgb_pixels(img))
-    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+    return np.ascontiguousarray(transform.geometric_uint8(img).permute(1, 2, 0).numpy())
 
 
 def _hwc(a: np.ndarray) -> np.ndarray:

@@ -57,12 +57,11 @@ def resume_hint(args) -> str:
         return (f"the set in {args.out} is incomplete (index.json is written last, so no reader will open "
                 f"it); convert again with: {again(argv, ('--overwrite',) if args.shards_kind != 'demo' else ())}")
     if args.command == "tune":
-        from edge_ray.distributed.tune import settings_from_args, started
+        from edge_ray.distributed.tune import resume_command, settings_from_args, started
 
         s = settings_from_args(args)
         if started(s):
-            return (f"finished trials are kept, unfinished ones continue; continue the search with: "
-                    f"python launch.py tune --resume --name {s.name} --out {s.out}")
+            return f"finished trials are kept, unfinished ones continue; continue the search with: {resume_command(s)}"
         return f"the search had not started (nothing was kept); start it again with: {again(argv)}"
     return f"nothing was written (results are written at the end); run it again with: {again(argv)}"
 

@@ -117,27 +117,25 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
             raise ConfigError(f"nothing to resume: no Tune experiment at {path}; run without --resume")
         print(f"resuming search {s.name}: {s.trials} trials in all, unfinished ones continue; Optuna study "
               f"{s.name!r} in {s.storage}; Tune experiment {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=_trainable(s), resume_unfinished=True,
-                                   resume_errored=False)
+        grid = tune.Tuner.restore(path, trainable=_trainable(s), resume_unfinished=True,
+                                  resume_errored=False).fit()
     else:
         cfg = trial_base(s)
         n = concurrency(s, cfg, ray.cluster_resources())
         storage.makedirs(s.out)  # the default Optuna study (SQLite) lives there
         _check_fresh(s)
-        storage.write_text(storage.join(s.out, "search.yaml"), yaml.safe_dump(s.to_dict(), sort_keys=False))
         t = cfg.train
         each = f"{t.gpus_per_worker:g} GPU + " if t.use_gpu else ""
-        print(f"search {s.name}: {s.trials} trials, up to {n} at a time, {t.num_workers} worker(s) x "
-              f"({each}{t.cpus_per_worker:g} CPU); objective {', '.join(s.metrics)} ({', '.join(s.modes)}); "
-              f"Optuna study {s.name!r} in {s.storage}; Tune experiment {path}")
         try:
+            storage.write_text(storage.join(s.out, "search.yaml"), yaml.safe_dump(s.to_dict(), sort_keys=False))
+            print(f"search {s.name}: {s.trials} trials, up to {n} at a time, {t.num_workers} worker(s) x "
+                  f"({each}{t.cpus_per_worker:g} CPU); objective {', '.join(s.metrics)} ({', '.join(s.modes)}); "
+                  f"Optuna study {s.name!r} in {s.storage}; Tune experiment {path}")
             grid = _build_tuner(s, dists, fixed, n, callbacks).fit()
         except BaseException:  # Ctrl-C (or an error) before Tune saved the experiment's state
             if not started(s):
                 _forget_unstarted(s)
             raise
-        return write_outputs(s, grid, list(dists) + list(fixed))
-    grid = tuner.fit()
     return write_outputs(s, grid, list(dists) + list(fixed))
 
 
@@ -165,6 +163,11 @@ def _forget_unstarted(s: SearchSettings) -> None:
         storage.delete(storage.join(s.out, "search.yaml"))
     except Exception:  # noqa: BLE001
         pass
+
+
+def resume_command(s: SearchSettings) -> str:
+    """The command that continues an interrupted search."""
+    return f"python launch.py tune --resume --name {s.name} --out {s.out}"
 
 
 def started(s: SearchSettings) -> bool:
@@ -275,7 +278,6 @@ def run(args) -> int:
               f"(train it: python launch.py train --config {res.paths['best']})")
     print(f"outputs: {s.out}")
     if not res.complete:
-        print(f"search interrupted; continue it with: python launch.py tune --resume --name {s.name} "
-              f"--out {s.out}")
+        print(f"search interrupted; continue it with: {resume_command(s)}")
         return 130
     return 0 if res.best is not None else 1
