@@ -48,7 +48,7 @@ print("cuda", torch.version.cuda, "available", torch.cuda.is_available())
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
-# edge_ray.distributed.worker imports tqdm for its progress bar; ray does not need it.
+# edge_ray.train.ray_worker imports tqdm for its progress bar; ray does not need it.
 if ! "$PY" -c "import tqdm" 2>/dev/null; then
   mkdir -p /tmp/edge-shim/tqdm
   cat > /tmp/edge-shim/tqdm/__init__.py <<'EOF'

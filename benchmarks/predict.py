@@ -43,8 +43,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_ray.data import load_index  # noqa: E402
 from edge_ray.detector import Detector  # noqa: E402
-from edge_ray.evaluation import EvalOptions, score_set  # noqa: E402
-from edge_ray.models import build_model  # noqa: E402
+from edge_ray.evaluate.pipeline import EvalOptions, score_set  # noqa: E402
+from edge_ray.models.networks import build_model  # noqa: E402
 from edge_ray.scores import build_scorer  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def time_predict(model: str, sets: dict, out: Path, actors: list[int], args) -> 
     import ray
     import pyarrow.parquet as pq
 
-    from edge_ray.distributed.predict import run_predict
+    from edge_ray.detector.ray_predict import run_predict
 
     owned = not ray.is_initialized()  # under pytest: the session's Ray, left running
     if owned:

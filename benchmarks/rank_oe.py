@@ -32,9 +32,9 @@ import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edge_ray.distributed.rank_oe import RankOptions, rank_parallel, rank_serial  # noqa: E402
-from edge_ray.models import build_model  # noqa: E402
-from edge_ray.oe_select import top_singular_values  # noqa: E402
+from edge_ray.oe.ray_rank import RankOptions, rank_parallel, rank_serial  # noqa: E402
+from edge_ray.models.networks import build_model  # noqa: E402
+from edge_ray.oe.dilation import top_singular_values  # noqa: E402
 
 OE_GENERATORS = ("oe_letters", "oe_digit7", "oe_china", "oe_stripes")
 
@@ -56,7 +56,7 @@ def synthetic_sets(root: Path, n_images: int, n_candidates: int) -> tuple[str, l
 
 
 def _warm() -> None:
-    import edge_ray.distributed.rank_oe  # noqa: F401  torch, torchvision: the slow part of a start
+    import edge_ray.oe.ray_rank  # noqa: F401  torch, torchvision: the slow part of a start
     time.sleep(1.0)  # keep this worker busy so that every warm-up task gets its own
 
 

@@ -191,7 +191,7 @@ def ray_run(args, decode: str, id_dir: Path, oe_dir: Path, storage: Path, use_gp
     worker leaves pinning to the loader, so no '/pin='), (b) and (c) compile in the
     variant's mode (default: the first of --compile-modes)."""
     from edge_ray.config import from_dict
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.train.ray_trainer import run_training
 
     cpus = os.cpu_count() or 2
     v = parse_variant(variant)

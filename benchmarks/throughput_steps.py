@@ -26,9 +26,9 @@ def synthetic(args) -> dict:
     for each further mode the fastest arrangement again."""
     import torch
 
-    from edge_ray import engine
+    from edge_ray.train import engine
     from edge_ray.config import LossConfig, TrainConfig
-    from edge_ray.models import build_model
+    from edge_ray.models.networks import build_model
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
@@ -271,7 +271,7 @@ def make_loader(args, opts, variant: str = "serial/batched"):
 
 
 def engine_epoch(net, batches, loss_fn, opt, opts) -> dict:
-    from edge_ray import engine
+    from edge_ray.train import engine
 
     return engine.train_epoch(net, batches, loss_fn, opt, None, epoch=1, opts=opts)
 

@@ -156,3 +156,18 @@ def run(args) -> int:
         raise
     except (OSError, ValueError) as exc:  # e.g. an unwritable --out: still a one-line message
         raise ConversionError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def add_parser(subparsers, common=None) -> argparse.ArgumentParser:
+    """`launch.py shards` (its command table, `edge_ray.cli.commands`): the parsers with `run`
+    as the handler. The kinds carry their own --address (`common` is not used)."""
+    top = add_subparsers(subparsers)
+    top.set_defaults(run=run)
+    return top
+
+
+def resume_hint(args) -> str:
+    from edge_ray.cli.interrupts import again
+
+    return (f"the set in {args.out} is incomplete (index.json is written last, so no reader will open "
+            f"it); convert again with: {again(args.argv, ('--overwrite',) if args.shards_kind != 'demo' else ())}")

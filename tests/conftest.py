@@ -97,11 +97,11 @@ def tiny_checkpoint(tiny_shards, tmp_path_factory):
     small CNN on ``tiny_shards`` (no Ray: the format is what is under test here)."""
     import torch
 
-    from edge_ray import engine
-    from edge_ray.checkpoint import save_checkpoint
+    from edge_ray.train import engine
+    from edge_ray.train.checkpoint import save_checkpoint
     from edge_ray.config import load_config
     from edge_ray.data import load_index, train_loader
-    from edge_ray.models import build_model
+    from edge_ray.models.networks import build_model
 
     storage = tmp_path_factory.mktemp("ckpt")
     cfg = load_config(ROOT / "configs" / "tiny.yaml", tiny_overrides(tiny_shards, storage))
@@ -122,7 +122,7 @@ def tiny_checkpoint(tiny_shards, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_detector(tiny_checkpoint, tmp_path_factory):
     """``tiny_checkpoint`` exported with JointEnergy at 95% TPR (``launch.py export``'s work)."""
-    from edge_ray.export import export_detector
+    from edge_ray.detector.export import export_detector
 
     out = tmp_path_factory.mktemp("detector") / "tiny-edge"
     result = export_detector(str(tiny_checkpoint.parent), str(out), score="jointenergy")  # a run folder

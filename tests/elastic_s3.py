@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _history_on_storage(run: str) -> list:
-    from edge_ray.checkpoint import last_epoch_on_storage
+    from edge_ray.train.checkpoint import last_epoch_on_storage
     from edge_ray import storage
 
     last = last_epoch_on_storage(run)
@@ -51,7 +51,7 @@ def main(config_json: str, out_json: str) -> None:
     from ray.cluster_utils import Cluster
 
     from edge_ray.config import load_config
-    from edge_ray.distributed.trainer import run_dir, run_training
+    from edge_ray.train.ray_trainer import run_dir, run_training
 
     overrides = json.loads(Path(config_json).read_text())
     cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 def _watch(cluster, node, run_dir: str, timeline: dict) -> None:
     """Remove `node` one second after the run's first checkpoint: epoch 2 is then under way
     (it takes about two seconds here) and its checkpoint not yet written."""
-    from edge_ray.distributed.trainer import list_checkpoints
+    from edge_ray.train.ray_trainer import list_checkpoints
 
     while not list_checkpoints(run_dir):
         time.sleep(0.05)
@@ -43,7 +43,7 @@ def main(config_json: str, out_json: str) -> None:
 
     from edge_ray import storage
     from edge_ray.config import load_config
-    from edge_ray.distributed.trainer import list_checkpoints, run_dir, run_training
+    from edge_ray.train.ray_trainer import list_checkpoints, run_dir, run_training
 
     overrides = json.loads(Path(config_json).read_text())
     cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)

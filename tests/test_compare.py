@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import launch
-from edge_ray.study_report import pm
+from edge_ray.compare.report import pm
 from tests.conftest import tiny_overrides
 from tests.test_eval_cli import one_line_error
 

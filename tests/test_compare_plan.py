@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from edge_ray.config import ConfigError, load_config
-from edge_ray.distributed.compare import slots
-from edge_ray.distributed.compare_runs import edge_params_from_study, load_finished, parse_methods, plan, save_run
+from edge_ray.compare.ray_compare import slots
+from edge_ray.compare.ray_runs import edge_params_from_study, load_finished, parse_methods, plan, save_run
 
 
 def test_method_spellings():
@@ -87,7 +87,7 @@ def test_slots_from_cluster_resources(tmp_path):
 
 
 def test_gpu_fractions_need_one_worker(tmp_path):
-    from edge_ray.distributed.compare import _resources
+    from edge_ray.compare.ray_compare import _resources
 
     cfg = _base(tmp_path, "train.num_workers=4")
     assert _resources(cfg, 2.0, None).train.cpus_per_worker == 0.5

@@ -357,13 +357,13 @@ def test_the_train_worker_does_not_import_torchvision():
     import subprocess
     import sys
 
-    code = ("import sys, edge_ray.distributed.worker, edge_ray.evaluation, edge_ray.oe_rank\n"
-            "from edge_ray.models import build_model\n"
+    code = ("import sys, edge_ray.train.ray_worker, edge_ray.evaluate.pipeline, edge_ray.oe.rank\n"
+            "from edge_ray.models.networks import build_model\n"
             "build_model('smallcnn', 3)\n"
             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-    out = subprocess.run([sys.executable, "-c", "import sys\nfrom edge_ray.models import build_model\n"
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom edge_ray.models.networks import build_model\n"
                           "build_model('resnet50', 3)\nprint('torchvision' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

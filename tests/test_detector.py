@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from edge_ray import Detector
-from edge_ray.checkpoint import load_trained
+from edge_ray.train.checkpoint import load_trained
 from edge_ray.detector import FORMAT_VERSION, read_manifest
-from edge_ray.evaluation import eval_options, evaluate, open_sets
-from edge_ray.export import export_detector
+from edge_ray.evaluate.pipeline import eval_options, evaluate, open_sets
+from edge_ray.detector.export import export_detector
 from tests.fixtures_shards import read_shards, truncated_jpeg
 
 SCORES = ["jointenergy", "maxlogit", "msp", "energy", "maxenergy", "mahalanobis", "react", "vim", "ash", "odin"]

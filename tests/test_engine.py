@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
-from edge_ray import engine
+from edge_ray.train import engine
 from edge_ray.config import LossConfig, TrainConfig
-from edge_ray.models import build_model
+from edge_ray.models.networks import build_model
 
 C = 5
 

@@ -424,9 +424,9 @@ def test_gpu_batches_equal_cpu_batches(sets, image_size, crops):
 @needs_cuda
 def test_gpu_batches_feed_a_training_step(sets):
     """Batches from the side stream are used on the default stream: no copy, no race."""
-    from edge_ray import engine
+    from edge_ray.train import engine
     from edge_ray.config import LossConfig, TrainConfig
-    from edge_ray.models import build_model
+    from edge_ray.models.networks import build_model
 
     device = torch.device("cuda", torch.cuda.current_device())
     model = build_model("smallcnn", C).to(device)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from edge_ray.checkpoint import checkpoint_folders
+from edge_ray.train.checkpoint import checkpoint_folders
 from tests.conftest import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -130,8 +130,8 @@ def test_a_ray_started_by_the_command_thread_is_stopped_by_it(tmp_path):
     ended and ray.shutdown() then waited ~15 s on timeouts at every exit."""
     script = (
         "import argparse, os, subprocess, ray\n"
-        "from edge_ray.distributed.cluster import connect\n"
-        "from edge_ray.distributed.interrupts import run_interruptible\n"
+        "from edge_ray.ray_cluster import connect\n"
+        "from edge_ray.cli.interrupts import run_interruptible\n"
         "def cmd(args):\n"
         "    connect(None)\n"
         "    return 7 if ray.is_initialized() else 1\n"

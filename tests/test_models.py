@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from edge_ray.models import build_model
+from edge_ray.models.networks import build_model
 
 
 @pytest.mark.parametrize("name,dim", [("smallcnn", 128), ("resnet50", 2048), ("densenet121", 1024), ("vgg16", 4096)])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_ray import oe_select
+from edge_ray.oe import dilation as oe_select
 
 
 def ref_dilation(f_id, f_oe, k, bs):

@@ -9,8 +9,8 @@ import pytest
 
 import launch
 from edge_ray import Detector, storage
-from edge_ray.checkpoint import load_trained
-from edge_ray.evaluation import eval_options, evaluate, open_sets
+from edge_ray.train.checkpoint import load_trained
+from edge_ray.evaluate.pipeline import eval_options, evaluate, open_sets
 from tests.fixtures_shards import image_bytes, truncated_jpeg
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_manifest_on_object_storage_with_two_actors(ray_local, tiny_detector, ti
 
 
 def test_bad_requests_are_one_line(ray_local, tiny_detector, tiny_shards, tmp_path, capsys, monkeypatch):
-    from edge_ray.distributed import cluster
+    from edge_ray import ray_cluster as cluster
     from tests.test_eval_cli import one_line_error
 
     monkeypatch.setattr(cluster, "STARTED_HERE", True)  # as when launch.py started its own Ray

@@ -22,9 +22,9 @@ from PIL import Image
 
 from edge_ray.config import Config, DataConfig, ModelConfig
 from edge_ray.data import eval_loader, load_index
-from edge_ray.distributed.rank_oe import (RankOptions, rank_candidates, rank_parallel, rank_serial,
+from edge_ray.oe.ray_rank import (RankOptions, rank_candidates, rank_parallel, rank_serial,
                                           sample_positions, set_features)
-from edge_ray.models import build_model
+from edge_ray.models.networks import build_model
 from shards.demo import CLASSES, set_items
 from shards.plan import Item
 from shards.writer import convert

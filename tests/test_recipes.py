@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_ray import engine
+from edge_ray.train import engine
 from edge_ray.config import ConfigError, TrainConfig, load_config
-from edge_ray.recipes import describe_recipe, recipe_record, resolve_recipe
-from edge_ray.distributed.trainer import check_resume, run_dir
+from edge_ray.train.recipes import describe_recipe, recipe_record, resolve_recipe
+from edge_ray.train.ray_trainer import check_resume, run_dir
 from tests.conftest import ROOT
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from edge_ray.config import ConfigError, from_dict
-from edge_ray.recipes import resolve_recipe
-from edge_ray.distributed.trainer import check_resume, config_changes, run_dir
+from edge_ray.train.recipes import resolve_recipe
+from edge_ray.train.ray_trainer import check_resume, config_changes, run_dir
 
 
 def cfg_with(tmp_path, **sections):

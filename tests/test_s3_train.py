@@ -37,7 +37,7 @@ def _launch(work, *args):
 
 def test_shards_train_eval_in_a_bucket(ray_local, bucket, tmp_path):
     from edge_ray.config import load_config
-    from edge_ray.distributed.trainer import list_checkpoints, run_training
+    from edge_ray.train.ray_trainer import list_checkpoints, run_training
     from shards.demo import build_demo
 
     work = tmp_path / "work"

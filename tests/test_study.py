@@ -1,4 +1,4 @@
-"""edge_ray.study against independent references: the statistics module, scipy's
+"""edge_ray.compare.stats against independent references: the statistics module, scipy's
 ttest_rel and its confidence interval, brute-force enumeration for Wilcoxon's exact p and
 the step-down definition of Holm's procedure; and study_report's tables against the rows."""
 import csv
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edge_ray import study, study_report
+from edge_ray.compare import report as study_report
+from edge_ray.compare import stats as study
 
 SETS = ("ood_a", "ood_b")
 

@@ -20,7 +20,7 @@ def _checkpoints(storage: Path, name: str):
 
 
 def test_two_workers_equal_steps_loss_falls(ray_local, tiny_shards, tmp_path):
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.train.ray_trainer import run_training
 
     cfg = _cfg(tiny_shards, tmp_path, **{"train.num_workers": 2, "train.epochs": 3,
                                          "train.run_name": "ddp", "train.num_to_keep": 5})
@@ -38,7 +38,7 @@ def test_two_workers_equal_steps_loss_falls(ray_local, tiny_shards, tmp_path):
 
 
 def test_failure_restores_from_checkpoint(ray_local, tiny_shards, tmp_path):
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.train.ray_trainer import run_training
 
     cfg = _cfg(tiny_shards, tmp_path, **{"train.num_workers": 2, "train.epochs": 2, "train.max_failures": 1,
                                          "train.fail_at_epoch": 1, "train.run_name": "fault"})
@@ -49,7 +49,7 @@ def test_failure_restores_from_checkpoint(ray_local, tiny_shards, tmp_path):
 
 
 def test_failure_without_retries_fails(ray_local, tiny_shards, tmp_path):
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.train.ray_trainer import run_training
 
     cfg = _cfg(tiny_shards, tmp_path, **{"train.epochs": 2, "train.max_failures": 0,
                                          "train.fail_at_epoch": 0, "train.run_name": "fatal"})
@@ -58,7 +58,7 @@ def test_failure_without_retries_fails(ray_local, tiny_shards, tmp_path):
 
 
 def test_resume_continues_at_next_epoch(ray_local, tiny_shards, tmp_path):
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.train.ray_trainer import run_training
 
     first = run_training(_cfg(tiny_shards, tmp_path, **{"train.epochs": 3, "train.stop_after_epoch": 1,
                                                          "train.run_name": "resume"}))
@@ -69,7 +69,7 @@ def test_resume_continues_at_next_epoch(ray_local, tiny_shards, tmp_path):
 
 
 def test_errors_before_any_worker(tiny_shards, tmp_path):
-    from edge_ray.distributed.trainer import check_inputs
+    from edge_ray.train.ray_trainer import check_inputs
 
     with pytest.raises(ConfigError, match="did you mean 'loss.alpha'"):
         _cfg(tiny_shards, tmp_path, **{"loss.alpah": 1})
@@ -90,7 +90,7 @@ def test_errors_before_any_worker(tiny_shards, tmp_path):
 def test_a_request_no_node_can_place(ray_local, monkeypatch, capsys):
     """On a Ray this process started, a worker bigger than any node is refused in one line
     (it would wait forever); on a cluster (an autoscaler may add nodes) it is only said."""
-    from edge_ray.distributed import cluster
+    from edge_ray import ray_cluster as cluster
 
     cluster.check_request({"CPU": 0.5}, 2, "train")  # fits: silent
     assert capsys.readouterr().out == ""
@@ -109,7 +109,7 @@ def test_a_local_ray_asks_ray_train_for_no_preemption_watcher(tmp_path):
     import subprocess
     import sys
 
-    code = ("from edge_ray.distributed.cluster import connect\n"
+    code = ("from edge_ray.ray_cluster import connect\n"
             "connect(None)\n"
             "from ray.train.v2._internal.constants import get_env_vars_to_propagate\n"
             "print(get_env_vars_to_propagate().get('RAY_TRAIN_ENABLE_PREEMPTION_WATCHER'))\n")
@@ -129,8 +129,8 @@ def test_the_trainer_starts_no_dataset_manager_and_locally_no_placement_group_cl
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from edge_ray.distributed import cluster
-    from edge_ray.distributed.trainer import build_trainer
+    from edge_ray import ray_cluster as cluster
+    from edge_ray.train.ray_trainer import build_trainer
 
     def kinds(trainer):
         return [type(c) for c in trainer._create_default_callbacks()]

@@ -16,10 +16,10 @@ import yaml
 from ray import tune
 
 from edge_ray.config import ConfigError, load_config
-from edge_ray.distributed.commands import resume_hint
-from edge_ray.distributed.tune import (SearchSettings, check_search, make_scheduler, make_settings,
+from edge_ray.cli.commands import resume_hint
+from edge_ray.tune.ray_tune import (SearchSettings, check_search, make_scheduler, make_settings,
                                        run_search, settings_from_args)
-from edge_ray.distributed.tune_settings import concurrency, trial_base
+from edge_ray.tune.settings import concurrency, trial_base
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def _study(s: SearchSettings):
 @pytest.mark.slow
 def test_search_writes_table_and_a_trainable_best_yaml(ray_local, tiny_shards, tmp_path):
     """3 trials of Optuna TPE + ASHA over TorchTrainer runs; outputs usable as they are."""
-    from edge_ray.distributed.trainer import run_training
+    from edge_ray.train.ray_trainer import run_training
 
     s = _settings(tiny_shards, tmp_path, "search3")
     res = run_search(s)
@@ -231,7 +231,7 @@ def test_cli_settings_and_resume_checks(tiny_shards, tmp_path):
 
 
 def test_space_files_fit_the_shipped_configs():
-    from edge_ray.distributed.tune_space import build_space, read_space
+    from edge_ray.tune.space import build_space, read_space
     for config in ("tiny", "voc", "coco", "nuswide"):
         cfg = load_config(ROOT / f"configs/{config}.yaml")
         for space in ("paper_grid", "continuous"):

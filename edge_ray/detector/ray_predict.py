@@ -1,0 +1,174 @@
+"""The work of `launch.py predict` (what it does, the rows it writes and its arguments:
+predict_cli.py, which builds the parser without importing torch)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from edge_ray import storage
+from edge_ray.detector.runtime import read_manifest
+from edge_ray.detector.ray_inputs import check_input, read_input
+
+SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("labels", pa.list_(pa.string())),
+                    ("probabilities", pa.list_(pa.float32())), ("score", pa.float64()),
+                    ("is_unknown", pa.bool_()), ("error", pa.string())])
+
+
+# ---- stages (run in Ray tasks and actors) ---------------------------------------------------
+
+def _decode(batch: dict, image_size: int, mean, std) -> dict:
+    """key, path, data, error -> key, path, pixels uint8 [N, S, S, 3], error ("" when decoded)."""
+    from edge_ray.data.transforms import eval_transform
+    from edge_ray.detector.runtime import to_pixels
+
+    transform = eval_transform(image_size, mean=mean, std=std)
+    n = len(batch["key"])
+    pixels = np.zeros((n, image_size, image_size, 3), np.uint8)
+    error = [str(e or "") for e in batch["error"]]
+    for i in range(n):
+        if error[i]:
+            continue
+        try:
+            pixels[i] = to_pixels(bytes(batch["data"][i] or b""), transform)
+        except ValueError as err:
+            error[i] = str(err)
+    return {"key": batch["key"], "path": batch["path"], "pixels": pixels, "error": np.asarray(error, dtype=object)}
+
+
+class Predictor:
+    """One Detector per actor; a batch of pixels -> the output rows as an Arrow table."""
+
+    def __init__(self, model: str, device: str = "cpu", threads: int = 1, batch_size: int = 64):
+        import torch
+
+        from edge_ray.detector.runtime import Detector
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.detector = Detector.load(model, device=device)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> pa.Table:
+        det = self.detector
+        errors = [str(e) or None for e in batch["error"]]
+        ok = np.array([e is None for e in errors], dtype=bool)
+        probs = np.full((len(errors), len(det.classes)), np.nan)
+        scores = np.full(len(errors), np.nan)
+        if ok.any():
+            probs[ok], scores[ok] = det.predict_pixels(batch["pixels"][ok], batch_size=self.batch_size)
+        out = det.decide(probs, scores, errors)
+        rows = out.rows()
+        return pa.table({"key": [str(k) for k in batch["key"]], "path": [str(p) for p in batch["path"]],
+                         "labels": [r["labels"] for r in rows], "probabilities": [r["probabilities"] for r in rows],
+                         "score": [r["score"] for r in rows], "is_unknown": [r["is_unknown"] for r in rows],
+                         "error": [r["error"] for r in rows]}, schema=SCHEMA)
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def check_resources(concurrency: int, cpus_per_actor: float, cpus_per_task: float, gpu: bool) -> None:
+    """Refuse, in one line, an actor pool that leaves no CPU for the read/decode tasks (on a
+    Ray started here it would wait forever) or asks for GPUs a started-here Ray lacks."""
+    import ray
+
+    from edge_ray import ray_cluster as cluster
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need = concurrency * cpus_per_actor + cpus_per_task
+    problem = None
+    if need > cpus + 1e-9:
+        problem = (f"{concurrency} actor(s) x {cpus_per_actor:g} CPU + {cpus_per_task:g} CPU for the read/decode "
+                   f"tasks is {need:g} CPUs, more than the {cpus:g} this Ray has; lower --concurrency, "
+                   "--cpus-per-actor or --cpus-per-task")
+    elif gpu and concurrency > gpus:
+        problem = (f"--gpu with {concurrency} actor(s) needs {concurrency} GPUs; this Ray has {gpus:g} "
+                   "(lower --concurrency, or leave out --gpu)")
+    if problem and cluster.STARTED_HERE:
+        raise ValueError(problem)
+    if problem:
+        print(f"note: {problem}; the run waits until nodes with room join", flush=True)
+
+
+def check_request(model: str, input_location: str, out: str, *, overwrite: bool, batch_size: int,
+                  concurrency: int, cpus: tuple) -> tuple[dict, str]:
+    """(detector.json, input kind) after every check that needs no Ray: a wrong or old detector
+    folder, a missing input, a bad --out, bad numbers stop here in one line."""
+    manifest = read_manifest(model)
+    if not out.lower().endswith((".parquet", ".pq")):
+        raise ValueError(f"--out {out}: give a Parquet file name ending in .parquet, e.g. preds.parquet")
+    if storage.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if batch_size < 1 or concurrency < 1 or min(cpus) <= 0:
+        raise ValueError("--batch-size and --concurrency must be >= 1, --cpus-per-actor and --cpus-per-task > 0")
+    return manifest, check_input(input_location)
+
+
+def run_predict(model: str, input_location: str, out: str, *, batch_size: int = 64, concurrency: int = 1,
+                cpus_per_actor: float = 1.0, cpus_per_task: float = 0.5, gpu: bool = False,
+                overwrite: bool = False, progress: bool = True) -> dict:
+    """Predict every image of ``input_location`` into the Parquet file ``out``; returns counts."""
+    import ray.data
+
+    model, input_location, out = (storage.normalize(x) for x in (model, input_location, out))
+    manifest, kind = check_request(model, input_location, out, overwrite=overwrite, batch_size=batch_size,
+                                   concurrency=concurrency, cpus=(cpus_per_actor, cpus_per_task))
+    check_resources(concurrency, cpus_per_actor, cpus_per_task, gpu)
+    pre = manifest["preprocess"]
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, progress
+    try:
+        ds = read_input(input_location, kind, cpus=cpus_per_task)
+        ds = ds.map_batches(_decode, fn_kwargs={"image_size": pre["image_size"], "mean": pre["mean"], "std": pre["std"]},
+                            batch_format="numpy", batch_size=batch_size, num_cpus=cpus_per_task)
+        ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model": model, "device": "cuda" if gpu else "cpu",
+                                                              "threads": max(1, round(cpus_per_actor)),
+                                                              "batch_size": batch_size},
+                            batch_format="numpy", batch_size=batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            num_cpus=cpus_per_actor, num_gpus=1 if gpu else 0)
+        start = time.perf_counter()
+        counts = write_parquet(ds, out)
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+    counts.update(kind=kind, seconds=time.perf_counter() - start, out=out, threshold=manifest["threshold"]["value"])
+    return counts
+
+
+def write_parquet(ds, out: str) -> dict:
+    """Stream the dataset's rows into one Parquet file at ``out`` (edge_ray.storage): on a local
+    disk under a temporary name renamed at the end, on an object store as one upload."""
+    import pyarrow.parquet as pq
+
+    target = f"{out}.part" if storage.is_local(out) else out
+    counts = {"images": 0, "errors": 0, "unknown": 0, "error_examples": []}
+    start = time.perf_counter()
+    try:
+        with storage.open_output_stream(target) as sink:
+            with pq.ParquetWriter(sink, SCHEMA) as writer:
+                for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    table = table.select(SCHEMA.names).cast(SCHEMA)
+                    writer.write_table(table)
+                    if not counts["images"]:  # start-up (actors, first reads) ends here
+                        counts.update(first_rows=table.num_rows, first_seconds=time.perf_counter() - start)
+                    _count(table, counts)
+        if target != out:
+            storage.move(target, out)
+    except BaseException:
+        if target != out:
+            storage.delete(target)
+        raise
+    return counts
+
+
+def _count(table: pa.Table, counts: dict) -> None:
+    errors = table.column("error").to_pylist()
+    counts["images"] += table.num_rows
+    counts["errors"] += sum(e is not None for e in errors)
+    counts["unknown"] += sum(bool(u) for u in table.column("is_unknown").to_pylist())
+    for key, err in zip(table.column("key").to_pylist(), errors):
+        if err is not None and len(counts["error_examples"]) < 3:
+            counts["error_examples"].append(f"{key}: {err}")
