@@ -26,7 +26,7 @@ def synthetic(args) -> dict:
     for each further mode the fastest arrangement again."""
     import torch
 
-    from edge_ray.train import engine
+    from edge_ray.train import builders, loop
     from edge_ray.config import LossConfig, TrainConfig
     from edge_ray.models.networks import build_model
 
@@ -35,12 +35,12 @@ def synthetic(args) -> dict:
     torch.manual_seed(0)
     model = build_model(args.model, NUM_CLASSES).to(device, memory_format=torch.channels_last)
     loss_cfg = LossConfig(k=min(32, args.batch_size))
-    opt = engine.make_optimizer(model, TrainConfig())
+    opt = builders.make_optimizer(model, TrainConfig())
     modes = compile_modes(args.compile_modes)
     # one-cycle over (a)'s steps: eager and each compile mode
-    sched = engine.make_scheduler(opt, TrainConfig(epochs=1), (1 + len(modes)) * (args.warmup + args.steps))
-    loss_fn = engine.make_loss_fn(loss_cfg)
-    opts = engine.StepOptions(device=device, amp=cuda, channels_last=True, diag_k=loss_cfg.k,
+    sched = builders.make_scheduler(opt, TrainConfig(epochs=1), (1 + len(modes)) * (args.warmup + args.steps))
+    loss_fn = builders.make_loss_fn(loss_cfg)
+    opts = loop.StepOptions(device=device, amp=cuda, channels_last=True, diag_k=loss_cfg.k,
                               diag_m=loss_cfg.m, diag_gap=loss_cfg.gap)
     s = args.image_size
     batch = (torch.randn(args.batch_size, 3, s, s, device=device),
@@ -55,8 +55,8 @@ def synthetic(args) -> dict:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        try:  # the worker's own epoch loop (engine.train_epoch) over the resident batch, n times
-            engine.train_epoch(net, [batch] * args.warmup, loss_fn, opt, sched, epoch=1, opts=opts)
+        try:  # the worker's own epoch loop (loop.train_epoch) over the resident batch, n times
+            loop.train_epoch(net, [batch] * args.warmup, loss_fn, opt, sched, epoch=1, opts=opts)
         except Exception as err:  # e.g. no C compiler for inductor: say why, go on without it
             if net is model:
                 raise
@@ -65,7 +65,7 @@ def synthetic(args) -> dict:
             return False
         warm = time.perf_counter() - start
         marks: list = []
-        stats = engine.train_epoch(net, marked([batch] * args.steps, marks, cuda), loss_fn, opt, sched,
+        stats = loop.train_epoch(net, marked([batch] * args.steps, marks, cuda), loss_fn, opt, sched,
                                    epoch=1, opts=opts)
         seconds = stats["seconds"]
         out[key] = {"img_per_s": images * args.steps / seconds, "step_ms": 1e3 * seconds / args.steps,
@@ -107,8 +107,8 @@ def synthetic(args) -> dict:
 
 
 def compile_modes(text: str) -> list[str]:
-    """'default,reduce-overhead' -> checked torch.compile modes (`config.COMPILE_MODES`)."""
-    from edge_ray.config import COMPILE_MODES
+    """'default,reduce-overhead' -> checked torch.compile modes (`models.COMPILE_MODES`)."""
+    from edge_ray.models import COMPILE_MODES
 
     out = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in out if m not in COMPILE_MODES]
@@ -126,7 +126,8 @@ def parse_variant(text: str) -> dict:
     cpu_decode_share settings of one (d) or (c) run, e.g. 'inline/batched/cpu=0.25';
     `pin` (in-process (d) only): whether the DataLoader page-locks the packed batches,
     None = the loader's default (yes on CUDA), 'pin=0' reproduces runs 1-6."""
-    from edge_ray.config import COMPILE_MODES, GPU_CROPS, GPU_FEEDERS
+    from edge_ray.models import COMPILE_MODES
+    from edge_ray.data.gpu import GPU_CROPS, GPU_FEEDERS
 
     mode, _, rest = text.strip().rpartition(":")
     parts = rest.split("/")
@@ -271,9 +272,8 @@ def make_loader(args, opts, variant: str = "serial/batched"):
 
 
 def engine_epoch(net, batches, loss_fn, opt, opts) -> dict:
-    from edge_ray.train import engine
-
-    return engine.train_epoch(net, batches, loss_fn, opt, None, epoch=1, opts=opts)
+    from edge_ray.train import builders, loop
+    return loop.train_epoch(net, batches, loss_fn, opt, None, epoch=1, opts=opts)
 
 
 def decode_only(args, opts) -> dict:

@@ -2,12 +2,19 @@
 
 Every loss takes ID logits ``[N, C]``, 0/1 ID targets ``[N, C]`` and (where it uses
 outliers) OE logits ``[M, C]``, and returns a dict of its parts plus ``loss`` so a
-training loop can log each term. Energies use ``softplus`` throughout: the released
-code's ``log(1 + exp(x))`` overflows to ``inf`` for logits above ~88 (DESIGN.md §5).
+training loop can log each term. Energies use ``softplus`` throughout (the released
+code's ``log(1 + exp(x))`` overflows for logits above ~88).
+
+``LOSSES`` (at the end) is the registry of training methods, as ``scores.SCORES`` is of
+scores: a method's loss built from the ``loss.*`` settings, whether it reads OE images,
+its training recipe and the settings it reads. A new method is one function here and
+one entry there.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +115,7 @@ def gap_diagnostics(logits_id: torch.Tensor, logits_oe: torch.Tensor, *, k: int,
     """What tells EDGE apart from OE: an active fraction of 0 means the gap term does nothing.
 
     Returns the fraction of hinge terms above zero, the mean OE JointEnergy and the mean of
-    the bottom-k ID JointEnergies (BENCHMARK-NOTES.md: log these every epoch).
+    the bottom-k ID JointEnergies (logged every epoch).
     """
     e_id, e_oe = joint_energy(logits_id.float()), joint_energy(logits_oe.float())
     hinge = gap_hinge(e_id, e_oe, k=k, m=m, gap=gap)
@@ -228,3 +235,81 @@ def db_loss(logits, targets, *, class_freq, num_samples: int, map_alpha: float =
         wce = alpha_t * (1 - p_t).pow(focal_gamma) * wce
     loss = wce.mean()
     return {"loss": loss, "id": loss}
+
+
+# ---- the registry of training methods ---------------------------------------------------
+# The paper ("Implementation details"): "For trivial BCE models, we use the Adam"; every other
+# method uses SGD with momentum 0.9 and weight decay 1e-4. It gives no learning rate or
+# schedule: BCE's Adam lr 1e-4 without weight decay follows the multi-label OOD code its BCE
+# baselines come from (Wang et al. 2021); SGD's lr 0.01 and one-cycle are this project's.
+SGD_RECIPE = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "schedule": "onecycle"}
+ADAM_RECIPE = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "onecycle"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method. ``build(cfg, class_freq=, num_train=, gather=)`` returns
+    ``fn(logits_id, targets, logits_oe, epoch) -> dict`` for a ``LossConfig`` ``cfg``;
+    ``gather`` (or None) gathers EDGE's ID energies over DDP ranks (``gather_energies``)."""
+
+    build: Callable
+    uses_oe: bool
+    display: str             # the name tables and plots show
+    recipe: dict = field(default_factory=lambda: dict(SGD_RECIPE))
+    params: tuple = ()  # the loss.* settings it reads (the model card lists them)
+
+
+def _edge(cfg, *, gather=None, **_):
+    def fn(z_id, y, z_oe, epoch: int) -> dict:
+        beta = cfg.beta if epoch >= cfg.tau else 0.0  # the tau schedule (Alg. 1): no gap before epoch tau
+        return edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap, gather=gather)
+    return fn
+
+
+def _oe(cfg, **_):
+    return lambda z_id, y, z_oe, epoch: oe_loss(z_id, y, z_oe, alpha=cfg.alpha)
+
+
+def _hendrycks_oe(cfg, **_):
+    return lambda z_id, y, z_oe, epoch: hendrycks_oe_loss(z_id, y, z_oe, lam=cfg.lam)
+
+
+def _energy_oe(cfg, **_):
+    return lambda z_id, y, z_oe, epoch: energy_oe_loss(z_id, y, z_oe, lam=cfg.energy_lam, m_in=cfg.m_in,
+                                                       m_out=cfg.m_out)
+
+
+def _bce(cfg, **_):
+    return lambda z_id, y, z_oe, epoch: bce_loss(z_id, y)
+
+
+def _focal(cfg, **_):
+    return lambda z_id, y, z_oe, epoch: focal_loss(z_id, y, gamma=cfg.focal_gamma)
+
+
+def _asl(cfg, **_):
+    return lambda z_id, y, z_oe, epoch: asl_loss(z_id, y, gamma_pos=cfg.asl_gamma_pos, gamma_neg=cfg.asl_gamma_neg,
+                                                 clip=cfg.asl_clip)
+
+
+def _db(cfg, *, class_freq=None, num_train=None, **_):
+    return lambda z_id, y, z_oe, epoch: db_loss(z_id, y, class_freq=class_freq, num_samples=num_train)
+
+
+LOSSES: dict[str, Method] = {
+    "bce": Method(_bce, uses_oe=False, display="BCE", recipe=dict(ADAM_RECIPE)),
+    "edge": Method(_edge, uses_oe=True, display="EDGE", params=("alpha", "beta", "k", "m", "tau", "gap")),
+    "oe": Method(_oe, uses_oe=True, display="OE", params=("alpha",)),
+    "hendrycks_oe": Method(_hendrycks_oe, uses_oe=True, display="HendrycksOE", params=("lam",)),
+    "energy_oe": Method(_energy_oe, uses_oe=True, display="EnergyOE", params=("energy_lam", "m_in", "m_out")),
+    "focal": Method(_focal, uses_oe=False, display="Focal", params=("focal_gamma",)),
+    "asl": Method(_asl, uses_oe=False, display="ASL", params=("asl_gamma_pos", "asl_gamma_neg", "asl_clip")),
+    "dbloss": Method(_db, uses_oe=False, display="DB loss"),
+}
+
+
+def build_loss(cfg, *, class_freq=None, num_train: int | None = None, gather=None):
+    """``fn(logits_id, targets, logits_oe, epoch) -> dict`` for ``cfg.method`` (``LOSSES``)."""
+    if cfg.method not in LOSSES:
+        raise ValueError(f"unknown loss.method {cfg.method!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[cfg.method].build(cfg, class_freq=class_freq, num_train=num_train, gather=gather)

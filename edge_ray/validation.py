@@ -21,7 +21,7 @@ def shape_checks_only():
     Reading a tensor's values back is a host synchronisation (three per training step
     for the loss inputs), which stalls the GPU between forward and backward. The training
     step runs its loss inside this block: its labels are 0/1 by construction (the reader
-    builds them) and a NaN or inf reaches the loss, which `engine.train_epoch` checks when
+    builds them) and a NaN or inf reaches the loss, which `loop.train_epoch` checks when
     it reads the loss back. Shapes are still checked; numpy input is always checked.
     """
     before = getattr(_STATE, "skip_values", False)

@@ -54,7 +54,7 @@ def bucket(s3_server):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
-    """A local Ray instance shared by every test of the session (DESIGN.md: one per session).
+    """A local Ray instance shared by every test of the session (one per session).
     It starts after the S3 server, so its workers reach the same bucket URIs as the tests."""
     import ray
 
@@ -97,7 +97,7 @@ def tiny_checkpoint(tiny_shards, tmp_path_factory):
     small CNN on ``tiny_shards`` (no Ray: the format is what is under test here)."""
     import torch
 
-    from edge_ray.train import engine
+    from edge_ray.train import builders, loop
     from edge_ray.train.checkpoint import save_checkpoint
     from edge_ray.config import load_config
     from edge_ray.data import load_index, train_loader
@@ -110,10 +110,10 @@ def tiny_checkpoint(tiny_shards, tmp_path_factory):
     model = build_model(cfg.model.name, id_index.num_classes)
     loader = train_loader(id_index, oe_index, batch_size=32, oe_batch_size=32, image_size=32, epoch=0,
                           seed=0, rank=0, world_size=1, num_workers=0, hflip=False)
-    opt = engine.make_optimizer(model, cfg.train)
-    sched = engine.make_scheduler(opt, cfg.train, len(loader))
-    stats = engine.train_epoch(model, loader, engine.make_loss_fn(cfg.loss), opt, sched, epoch=0,
-                               opts=engine.StepOptions(device=torch.device("cpu")))
+    opt = builders.make_optimizer(model, cfg.train)
+    sched = builders.make_scheduler(opt, cfg.train, len(loader))
+    stats = loop.train_epoch(model, loader, builders.make_loss_fn(cfg.loss), opt, sched, epoch=0,
+                               opts=loop.StepOptions(device=torch.device("cpu")))
     return save_checkpoint(storage / "checkpoint_000000", model_state=model.state_dict(),
                            optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict(),
                            epoch=0, resumes=0, seed=0, history=[stats], config=cfg.to_dict())

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from edge_ray.train import engine
+from edge_ray.train import builders, loop
 from edge_ray.config import LossConfig, TrainConfig
 from edge_ray.models.networks import build_model
 
@@ -23,8 +23,8 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def setup(seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
     model = build_model("smallcnn", C, width=8).to(device)
-    opt = engine.make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.05))
-    opts = engine.StepOptions(device=torch.device(device), diag_k=3)
+    opt = builders.make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.05))
+    opts = loop.StepOptions(device=torch.device(device), diag_k=3)
     return model, opt, opts
 
 
@@ -35,13 +35,13 @@ def test_epoch_means_equal_step_by_step_floats(sync_every, device):
     give the means of what `train_step` returns one step at a time on a twin model; on
     CUDA through the pinned, non-blocking copies."""
     data = batches(7)
-    loss_fn = engine.make_loss_fn(LossConfig(method="edge", k=3, beta=0.5, tau=0))
+    loss_fn = builders.make_loss_fn(LossConfig(method="edge", k=3, beta=0.5, tau=0))
     model, opt, opts = setup(device=device)
     twin, twin_opt = copy.deepcopy(model), None
-    twin_opt = engine.make_optimizer(twin, TrainConfig(optimizer="sgd", lr=0.05))
-    stats = engine.train_epoch(model, data, loss_fn, opt, None, epoch=1, opts=opts, sync_every=sync_every)
+    twin_opt = builders.make_optimizer(twin, TrainConfig(optimizer="sgd", lr=0.05))
+    stats = loop.train_epoch(model, data, loss_fn, opt, None, epoch=1, opts=opts, sync_every=sync_every)
     twin.train()
-    steps = [engine.train_step(twin, b, loss_fn, twin_opt, None, epoch=1, opts=opts) for b in data]
+    steps = [loop.train_step(twin, b, loss_fn, twin_opt, None, epoch=1, opts=opts) for b in data]
     assert stats["steps"] == 7 and stats["images"] == 7 * 10
     assert set(steps[0]) == {"loss", "id", "conf", "gap", "gap_active", "energy_oe", "energy_id_bottomk"}
     for key in steps[0]:
@@ -57,7 +57,7 @@ def test_epoch_means_equal_step_by_step_floats(sync_every, device):
 def test_non_finite_loss_is_caught_one_window_late(n, bad_call, value, window, calls_made):
     """Sums are copied every 3 steps and checked at the next copy (or the epoch's end): a
     bad loss is named by its window and stops the epoch there."""
-    base = engine.make_loss_fn(LossConfig(method="oe"))
+    base = builders.make_loss_fn(LossConfig(method="oe"))
     calls = []
 
     def loss_fn(z_id, y, z_oe, epoch):
@@ -68,13 +68,13 @@ def test_non_finite_loss_is_caught_one_window_late(n, bad_call, value, window, c
         return parts
     model, opt, opts = setup()
     with pytest.raises(FloatingPointError, match=window):
-        engine.train_epoch(model, batches(n), loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
+        loop.train_epoch(model, batches(n), loss_fn, opt, None, epoch=0, opts=opts, sync_every=3)
     assert len(calls) == calls_made
 
 
 def test_empty_loader_gives_zero_steps():
     model, opt, opts = setup()
-    stats = engine.train_epoch(model, [], engine.make_loss_fn(LossConfig(method="bce")), opt, None,
+    stats = loop.train_epoch(model, [], builders.make_loss_fn(LossConfig(method="bce")), opt, None,
                                epoch=0, opts=opts)
     assert stats["steps"] == 0 and stats["images"] == 0
 
@@ -90,14 +90,14 @@ def test_resumed_schedule_follows_the_new_number_of_epochs(schedule):
 
     def make(epochs):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        return opt, engine.make_scheduler(opt, replace(TrainConfig(), schedule=schedule, epochs=epochs, lr=0.1), 10)
+        return opt, builders.make_scheduler(opt, replace(TrainConfig(), schedule=schedule, epochs=epochs, lr=0.1), 10)
 
     opt, sched = make(2)
     for _ in range(20):
         opt.step()
         sched.step()
     opt3, sched3 = make(3)
-    engine.load_scheduler_state(sched3, sched.state_dict())
+    builders.load_scheduler_state(sched3, sched.state_dict())
     assert sched3.last_epoch == 20
     _, fresh = make(3)
     for _ in range(10):

@@ -31,7 +31,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from edge_ray.data import gpu, load_index, train_loader, train_transform
-from edge_ray.data.reader import decode_batch
+from edge_ray.data.streams import decode_batch
 from edge_ray.data.transforms import normalize_batch
 from edge_ray.data.records import Record
 from edge_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image
@@ -424,18 +424,18 @@ def test_gpu_batches_equal_cpu_batches(sets, image_size, crops):
 @needs_cuda
 def test_gpu_batches_feed_a_training_step(sets):
     """Batches from the side stream are used on the default stream: no copy, no race."""
-    from edge_ray.train import engine
+    from edge_ray.train import builders, loop
     from edge_ray.config import LossConfig, TrainConfig
     from edge_ray.models.networks import build_model
 
     device = torch.device("cuda", torch.cuda.current_device())
     model = build_model("smallcnn", C).to(device)
-    opts = engine.StepOptions(device=device, amp=True, channels_last=True)
-    opt = engine.make_optimizer(model, TrainConfig())
-    loss_fn = engine.make_loss_fn(LossConfig(k=2))
+    opts = loop.StepOptions(device=device, amp=True, channels_last=True)
+    opt = builders.make_optimizer(model, TrainConfig())
+    loss_fn = builders.make_loss_fn(LossConfig(k=2))
     loader = train_loader(*sets, batch_size=4, oe_batch_size=3, image_size=32, epoch=0, seed=0,
                           rank=0, world_size=1, num_workers=2, decode="gpu", device=device)
-    stats = engine.train_epoch(model, loader, loss_fn, opt, None, epoch=0, opts=opts)
+    stats = loop.train_epoch(model, loader, loss_fn, opt, None, epoch=0, opts=opts)
     assert stats["steps"] == len(loader) and np.isfinite(stats["loss"])
 
 

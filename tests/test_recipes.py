@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_ray.train import engine
+from edge_ray.train import builders
 from edge_ray.config import ConfigError, TrainConfig, load_config
 from edge_ray.train.recipes import describe_recipe, recipe_record, resolve_recipe
 from edge_ray.train.ray_trainer import check_resume, run_dir
@@ -69,12 +69,12 @@ def test_header_line_and_record_say_where_values_came_from():
 
 def test_engine_builds_the_resolved_optimiser():
     model = torch.nn.Linear(3, 2)
-    adam = engine.make_optimizer(model, TrainConfig(), "bce")
+    adam = builders.make_optimizer(model, TrainConfig(), "bce")
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["lr"] == 1e-4
     assert adam.param_groups[0]["weight_decay"] == 0.0
-    sgd = engine.make_optimizer(model, TrainConfig())            # no method: the SGD recipe
+    sgd = builders.make_optimizer(model, TrainConfig())            # no method: the SGD recipe
     assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["momentum"] == 0.9
-    sched = engine.make_scheduler(adam, TrainConfig(epochs=2), 5, "bce")
+    sched = builders.make_scheduler(adam, TrainConfig(epochs=2), 5, "bce")
     assert type(sched) is torch.optim.lr_scheduler.OneCycleLR and sched.total_steps == 10
 
 

@@ -27,6 +27,7 @@ def run(args) -> int:
     return run_compare(args)
 
 
+DEFAULT_METHODS = ("bce", "oe", "energyoe", "edge")  # the demo's four
 EPILOG = """examples:
   python launch.py compare --methods bce oe energyoe edge --seeds 5     # the README's study
   python launch.py compare --quick --methods oe edge --seeds 2          # a few minutes on 2 cores
@@ -40,13 +41,11 @@ Running it again with a larger --seeds trains only the new seeds."""
 
 
 def add_parser(sub, common) -> None:
-    from edge_ray.demo.ray_demo import NAMES
-
     p = sub.add_parser("compare", help="methods x seeds on Ray: mean ± std and paired tests of EDGE "
                        "against each baseline", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=__doc__, epilog=EPILOG)
-    p.add_argument("--methods", nargs="+", default=["bce", "oe", "energyoe", "edge"],
-                   help=f"training methods (loss.method; energyoe = energy_oe), default: {' '.join(NAMES)}")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help=f"training methods (loss.method; energyoe = energy_oe), default: {' '.join(DEFAULT_METHODS)}")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per method (default 5)")
     p.add_argument("--out", default=None, help="output folder, the runs included (default results/compare or "
                    "results/compare-quick; on several nodes a shared folder, e.g. NFS)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import difflib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,8 +21,8 @@ import yaml
 from tqdm import tqdm
 
 from edge_ray import storage
-from edge_ray.train import engine
-from edge_ray.config import METHODS, Config, ConfigError, from_dict, validate
+from edge_ray.losses import LOSSES
+from edge_ray.config import Config, ConfigError, did_you_mean, from_dict, validate
 from edge_ray.train.recipes import recipe_record, resolve_recipe
 from edge_ray.train.ray_trainer import run_dir, run_training
 from edge_ray.tune.report import best_row, pareto_rows
@@ -39,10 +38,9 @@ def parse_methods(names) -> list[str]:
     for raw in names:
         key = raw.lower().replace("-", "_")
         method = ALIASES.get(key.replace("_", ""), key)
-        if method not in METHODS:
-            close = difflib.get_close_matches(key, list(METHODS) + list(ALIASES), n=1, cutoff=0.5)
-            hint = f"did you mean {ALIASES.get(close[0], close[0])!r}? " if close else ""
-            raise ConfigError(f"--methods: unknown method {raw!r}; {hint}choose from {', '.join(METHODS)} "
+        if method not in LOSSES:
+            hint = did_you_mean(key, LOSSES, aliases=ALIASES)
+            raise ConfigError(f"--methods: unknown method {raw!r}; {hint}choose from {', '.join(LOSSES)} "
                               "(energyoe = energy_oe)")
         if method in out:
             raise ConfigError(f"--methods names {method} twice; list each method once")
@@ -69,12 +67,12 @@ class Run:
 
 def plan(base: Config, methods, seeds, oe: str, edge_params: dict | None = None) -> list[Run]:
     """Every method x seed: loss.method, train.seed, the run name, OE for OE methods only,
-    and EDGE's tuned values when given. Recipes are resolved per method (config.RECIPES)."""
+    and EDGE's tuned values when given. Recipes are resolved per method (train.recipes)."""
     runs = []
     for method in methods:
         for seed in seeds:
             cfg = replace(base, loss=replace(base.loss, method=method),
-                          data=replace(base.data, oe=oe if engine.USES_OE[method] else ""),
+                          data=replace(base.data, oe=oe if LOSSES[method].uses_oe else ""),
                           train=replace(base.train, seed=seed, run_name=f"compare-{method}-seed{seed}"))
             if method == "edge" and edge_params:
                 cfg = apply_params(cfg, edge_params)

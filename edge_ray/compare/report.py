@@ -21,9 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from edge_ray import storage  # noqa: E402
 from edge_ray.compare.stats import METRICS, mean_std  # noqa: E402
+from edge_ray.losses import LOSSES  # noqa: E402
 
-NAMES = {"bce": "BCE", "oe": "OE", "energy_oe": "EnergyOE", "hendrycks_oe": "HendrycksOE", "edge": "EDGE",
-         "focal": "Focal", "asl": "ASL", "dbloss": "DB loss"}
+
+
+def display(method: str) -> str:
+    """The name a table or plot shows for a training method (``losses.LOSSES``)."""
+    return LOSSES[method].display if method in LOSSES else method
+
+
 LABELS = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR"}
 CSV_HEADER = ["method", "score", "ood_set", "part", "metric", "n", "mean", "std", "seeds", "values"]
 
@@ -59,7 +65,7 @@ def headline(cells: list[dict], maps: list[dict], score: str, metric: str, part:
         out.append(pm(*mean_std(per_seed)) if per_seed else "–")
         m = _find(maps, method=method)
         out.append(pm(m["mean"], m["std"]) if m else "–")
-        lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(out) + " |")
+        lines.append(f"| {display(method)} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
@@ -85,7 +91,7 @@ def tests_table(tests: list[dict], score: str) -> str:
             a = _find(rows, baseline=baseline, ood_set=ood_set, metric="auroc")
             if not (f and a):
                 continue
-            lines.append(f"| {NAMES.get(baseline, baseline)} | {ood_set.removeprefix('ood_')} | {f['n']} | "
+            lines.append(f"| {display(baseline)} | {ood_set.removeprefix('ood_')} | {f['n']} | "
                          f"{_delta(f)} | {_p(f['p'])} | {_p(f['p_holm'])} | {_delta(a)} | {_p(a['p'])} | "
                          f"{_p(a['p_holm'])} | {f['verdict']} / {a['verdict']} |")
     return "\n".join(lines)
@@ -96,7 +102,7 @@ def map_tests_table(tests: list[dict]) -> str:
     lines = ["| EDGE vs | n | ΔmAP [95% CI] | p | p Holm | EDGE lower in | verdict |", "|---|---|---|---|---|---|---|"]
     for r in tests:
         lower = sum(d < 0 for d in r["diffs"])
-        lines.append(f"| {NAMES.get(r['baseline'], r['baseline'])} | {r['n']} | {_delta(r)} | {_p(r['p'])} | "
+        lines.append(f"| {display(r['baseline'])} | {r['n']} | {_delta(r)} | {_p(r['p'])} | "
                      f"{_p(r['p_holm'])} | {lower} of {r['n']} seeds | {r['verdict']} |")
     return "\n".join(lines)
 
@@ -114,7 +120,7 @@ def full_table(cells: list[dict], part: str = "all") -> str:
                 for m in METRICS:
                     c = _find(rows, method=method, score=score, ood_set=s, metric=m)
                     out.append(pm(c["mean"], c["std"]) if c else "–")
-            lines.append(f"| {NAMES.get(method, method)} | {score} | " + " | ".join(out) + " |")
+            lines.append(f"| {display(method)} | {score} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
@@ -140,7 +146,7 @@ def plot(cells: list[dict], score: str, path: Path) -> Path:
             found = [_find(rows, method=method, ood_set=s) for s in sets]
             means = [100 * c["mean"] if c else np.nan for c in found]
             stds = [100 * (c["std"] or 0) if c else 0 for c in found]
-            ax.bar(x, means, width, yerr=stds, capsize=3, label=NAMES.get(method, method), alpha=0.8)
+            ax.bar(x, means, width, yerr=stds, capsize=3, label=display(method), alpha=0.8)
             for xi, c in zip(x, found):
                 if c:
                     ax.scatter([xi] * len(c["values"]), [100 * v for v in c["values"]], s=8, color="black",
@@ -159,7 +165,7 @@ def plot(cells: list[dict], score: str, path: Path) -> Path:
 
 def markdown(payload: dict, headline_scores) -> str:
     s = payload
-    methods = ", ".join(NAMES.get(m, m) for m in s["methods"])
+    methods = ", ".join(display(m) for m in s["methods"])
     parts = [f"# {methods}: {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), {len(s['runs'])} runs",
              "", "Mean ± sample std (ddof 1) over seeds, in %. Paired tests: EDGE − baseline per seed, "
              "Student's paired t-test (two-sided), Holm-adjusted within each score; verdict "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edge_ray import storage
 from edge_ray.config import Config, load_config
+from edge_ray.losses import LOSSES
 from edge_ray.train.recipes import describe_recipe, recipe_record
 
 # What each stage costs is set here so `--quick` and the default stay within their budgets
@@ -18,7 +19,6 @@ PRESETS = {
     "quick": {"sizes": dict(quick=True, n_train=2000), "epochs": 4, "tau": 1, "methods": ("bce", "edge")},
     "full": {"sizes": dict(quick=False), "epochs": 7, "tau": 2, "methods": ("bce", "oe", "energy_oe", "edge")},
 }
-NAMES = {"bce": "BCE", "oe": "OE", "energy_oe": "EnergyOE", "edge": "EDGE"}
 BCE_SCORES = ("maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy")
 OE_SCORES = ("maxenergy", "jointenergy")
 OOD_SETS = ("ood_digits89", "ood_letters", "ood_flower_edges", "ood_scribble", "ood_blobs", "ood_flower")
@@ -38,7 +38,7 @@ def demo_config(data: str, out: str, preset: dict, seed: int) -> Config:
 
 def _banner(args, preset: dict, data: str, out: str) -> None:
     mode = "quick" if args.quick else "full"
-    later = " / ".join(NAMES[m] for m in preset["methods"][1:])
+    later = " / ".join(LOSSES[m].display for m in preset["methods"][1:])
     print("=" * 78)
     print(f"EDGE on Ray demo ({mode}): embedded benchmark -> BCE -> OE ranking -> {later}")
     print(f"  shards: {data}   results: {out}   seed: {args.seed}")
@@ -135,7 +135,7 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     from edge_ray.train.checkpoint import load_trained
     from edge_ray.evaluate.pipeline import evaluate, open_sets
 
-    later = " / ".join(NAMES[m] for m in checkpoints if m != "bce")
+    later = " / ".join(LOSSES[m].display for m in checkpoints if m != "bce")
     print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy", flush=True)
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood))
     opts = eval_options(cfg)

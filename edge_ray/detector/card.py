@@ -12,15 +12,11 @@ import datetime
 import numpy as np
 
 from edge_ray import storage
-from edge_ray.detector.runtime import FORMAT_VERSION
+from edge_ray.detector.folder import FORMAT_VERSION
+from edge_ray.losses import LOSSES
 from edge_ray.train.recipes import recipe_record
 
 METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")  # as in results.json
-
-# The loss hyper-parameters each training method reads (edge_ray.train.engine.make_loss_fn).
-METHOD_PARAMS = {"edge": ("alpha", "beta", "k", "m", "tau", "gap"), "oe": ("alpha",),
-                 "hendrycks_oe": ("lam",), "energy_oe": ("energy_lam", "m_in", "m_out"), "bce": (),
-                 "focal": ("focal_gamma",), "asl": ("asl_gamma_pos", "asl_gamma_neg", "asl_clip"), "dbloss": ()}
 
 
 def _set(index) -> dict:
@@ -43,7 +39,7 @@ def build_card(detector, cfg, *, checkpoint: str, history: list, indexes, locati
                  "id_test": locations["id_test"] or None, "oe": cfg.data.oe or None,
                  "ood": list(locations["ood"])},
         "method": {"loss": cfg.loss.method,
-                   "loss_params": {k: getattr(cfg.loss, k) for k in METHOD_PARAMS.get(cfg.loss.method, ())},
+                   "loss_params": {k: getattr(cfg.loss, k) for k in LOSSES[cfg.loss.method].params},
                    "recipe": recipe_record(cfg), "seed": cfg.train.seed,
                    "model": {**detector.arch, "feature_dim": detector.model.feature_dim,
                              "pretrained": cfg.model.weights or None},

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from edge_ray.data import EvalCache, ShardIndex, load_index
-from edge_ray.train.engine import collect_outputs, eval_chunks
+from edge_ray.evaluate.forward import collect_outputs, eval_chunks
 from edge_ray.metrics import head_classes, head_tail_curve, mean_average_precision, ood_metrics, tail_only_mask
 from edge_ray.scores import SCORES, FitData, build_scorer
 

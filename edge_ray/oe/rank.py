@@ -26,9 +26,9 @@ import torch
 
 from edge_ray.data import IMAGENET_MEAN, IMAGENET_STD, ShardIndex, eval_transform, load_index
 from edge_ray.data.records import read_positions
-from edge_ray.data.reader import decode_batch
+from edge_ray.data.streams import decode_batch
 from edge_ray.data.transforms import normalize_batch
-from edge_ray.train.engine import collect_outputs
+from edge_ray.evaluate.forward import collect_outputs
 from edge_ray.models.networks import MultiLabelNet, build_model
 from edge_ray.oe.dilation import SPECTRUM_METHODS, batch_distances
 

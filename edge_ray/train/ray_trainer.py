@@ -14,7 +14,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from edge_ray import storage
-from edge_ray.train import engine
+from edge_ray.losses import LOSSES
 from edge_ray.config import Config, ConfigError, is_elastic, worker_range
 from edge_ray.train.recipes import resolve_recipe
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
@@ -72,7 +72,7 @@ def check_inputs(cfg: Config) -> dict:
         if path and load_index(path, role="id").classes != id_train.classes:
             raise ConfigError(f"data.{name} ({path}) has a different class list than data.id_train "
                               f"({cfg.data.id_train}); convert both with the same classes")
-    uses_oe = engine.USES_OE[cfg.loss.method]
+    uses_oe = LOSSES[cfg.loss.method].uses_oe
     if uses_oe and not cfg.data.oe:
         raise ConfigError(f"loss.method={cfg.loss.method} needs outliers: set data.oe to an OE shard dir")
     oe = load_index(cfg.data.oe, role="oe") if uses_oe else None

@@ -21,7 +21,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from edge_ray import storage
-from edge_ray.train import engine
+from edge_ray.train import builders, loop
+from edge_ray.evaluate import forward
+from edge_ray.losses import LOSSES
 from edge_ray.train.checkpoint import checkpoint_folders, latest_checkpoint, load_checkpoint, save_checkpoint
 from edge_ray.config import batches_for, from_dict, gap_scope
 from edge_ray.data import EvalCache, load_index, train_loader
@@ -69,9 +71,9 @@ def _load_checkpoint(model, opt, sched, cfg):
             return 0, [], 0
         with ckpt.as_directory() as d:
             state, history, _ = load_checkpoint(d)
-    engine.unwrap(model).load_state_dict(state["model"])
+    loop.unwrap(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    engine.load_scheduler_state(sched, state["scheduler"])
+    builders.load_scheduler_state(sched, state["scheduler"])
     return int(state["epoch"]) + 1, history, int(state["resumes"]) + 1
 
 
@@ -113,7 +115,7 @@ def _validate(model, cfg, device, cache: EvalCache) -> dict:
     def outputs(path, role):
         loader = cache.loader(load_index(path, role=role), batch_size=cfg.eval.batch_size,
                               image_size=cfg.data.image_size, num_workers=0, mean=cfg.data.mean, std=cfg.data.std)
-        return engine.collect_outputs(engine.unwrap(model), loader, device=device)
+        return forward.collect_outputs(loop.unwrap(model), loader, device=device)
 
     val = outputs(cfg.data.id_val, "id")
     out = {"val_map": mean_average_precision(val["logits"], val["targets"])}
@@ -126,7 +128,7 @@ def _validate(model, cfg, device, cache: EvalCache) -> dict:
 
 
 def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) -> ray.train.Checkpoint:
-    save_checkpoint(d, model_state=engine.unwrap(model).state_dict(), optimizer_state=opt.state_dict(),
+    save_checkpoint(d, model_state=loop.unwrap(model).state_dict(), optimizer_state=opt.state_dict(),
                     scheduler_state=sched.state_dict(), epoch=epoch, resumes=resumes,
                     seed=cfg_dict["train"]["seed"], history=history, config=cfg_dict)
     return ray.train.Checkpoint.from_directory(d)
@@ -158,7 +160,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     torch.manual_seed(cfg.train.seed)
 
     id_index = load_index(cfg.data.id_train, role="id")
-    uses_oe = engine.USES_OE[cfg.loss.method]
+    uses_oe = LOSSES[cfg.loss.method].uses_oe
     oe_index = load_index(cfg.data.oe, role="oe") if uses_oe else None
     model = build_model(cfg.model.name, id_index.num_classes, weights=cfg.model.weights, width=cfg.model.width)
     on_gpu = device.type == "cuda"
@@ -189,11 +191,11 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                             prefetch_to_device=on_gpu)
 
     steps = len(loader_for(0))
-    opt = engine.make_optimizer(model, cfg.train, cfg.loss.method)
-    sched = engine.make_scheduler(opt, cfg.train, steps, cfg.loss.method)
-    loss_fn = engine.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples,
+    opt = builders.make_optimizer(model, cfg.train, cfg.loss.method)
+    sched = builders.make_scheduler(opt, cfg.train, steps, cfg.loss.method)
+    loss_fn = builders.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples,
                                   gap_scope=gap_scope(cfg))
-    opts = engine.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
+    opts = loop.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
                               channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
                               diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
@@ -215,7 +217,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         upcoming = loader_for(epoch + 1).start() if epoch + 1 < last else None
         keys: list[str] = []
         batches = _keys_into(loader, keys) if cfg.train.audit_keys else loader
-        stats = engine.train_epoch(model, batches, loss_fn, opt, sched, epoch=epoch,
+        stats = loop.train_epoch(model, batches, loss_fn, opt, sched, epoch=epoch,
                                    opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
         if cfg.train.audit_keys:
             storage.write_json(storage.join(run, "sample_keys", f"epoch{epoch + 1:04d}-attempt{resumes}-rank{rank}"

@@ -1,10 +1,5 @@
-"""The training recipe of each method: optimiser, learning rate, weight decay, schedule.
-
-The paper ("Implementation details"): "For trivial BCE models, we use the Adam"; every other
-method uses SGD with momentum 0.9 and weight decay 1e-4. It gives no learning rate or
-schedule: BCE's Adam lr 1e-4 without weight decay is the multi-label OOD code its BCE
-baselines come from (Wang et al. 2021, ``train.py``); SGD's lr 0.01 and the one-cycle
-schedule are this project's defaults.
+"""The training recipe a run takes from its method: optimiser, learning rate, weight decay,
+schedule (``losses.LOSSES[method].recipe``; the paper's: Adam for BCE, SGD for the rest).
 
 ``train.optimizer``, ``train.lr``, ``train.weight_decay`` and ``train.schedule`` default to
 unset (None). A run fills the unset ones from its method's recipe when it is built
@@ -17,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-RECIPES = {"bce": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "onecycle"},
-           "*": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "schedule": "onecycle"}}
-KEYS = tuple(RECIPES["*"])
+from edge_ray.losses import LOSSES, SGD_RECIPE
+
+KEYS = tuple(SGD_RECIPE)
 
 
 def recipe_keys(train) -> list[str]:
@@ -28,9 +23,9 @@ def recipe_keys(train) -> list[str]:
 
 
 def resolve_train(train, method: str):
-    """``train`` (a TrainConfig) with every unset key filled from ``RECIPES[method]``
-    (or ``"*"``, also when ``method`` is empty)."""
-    recipe = RECIPES.get(method, RECIPES["*"])
+    """``train`` (a TrainConfig) with every unset key filled from the recipe of ``method``
+    (the SGD one for an empty or unknown method)."""
+    recipe = LOSSES[method].recipe if method in LOSSES else SGD_RECIPE
     return replace(train, **{k: recipe[k] for k in recipe_keys(train)})
 
 

@@ -1,6 +1,6 @@
 """`launch.py tune`: hyper-parameter search over EDGE's alpha, beta, k, m, tau (or any config key).
 
-Three levels, as Ray's Train/Tune interop example (DESIGN.md §2):
+Three levels, as Ray's Train/Tune interop example (ARCHITECTURE.md, "Ray 2.60 facts"):
   Tuner (this driver)  -- Optuna TPE suggests, ASHA stops weak trials at epoch rungs
     trial (_trial_driver, ~0 CPU) -- builds and fits one TorchTrainer, run "train-<trial id>"
       Train workers (cpus/gpus per worker) -- the usual worker loop, reporting each epoch

@@ -9,14 +9,13 @@ and resources the cluster cannot give a trial.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_ray import storage as storage_module
-from edge_ray.config import Config, ConfigError, apply_overrides, from_dict, load_config
+from edge_ray.config import Config, ConfigError, apply_overrides, did_you_mean, from_dict, load_config
 from edge_ray.tune.space import build_space, read_space
 
 DRIVER_CPU = 0.01       # the trial itself only waits on its Train run
@@ -131,9 +130,7 @@ def check_metrics(cfg: Config, metrics: tuple, modes: tuple) -> None:
         if mode not in ("min", "max"):
             raise ConfigError(f"--mode must be min or max, got {mode!r}")
         if metric not in OBJECTIVES:
-            close = difflib.get_close_matches(metric, OBJECTIVES, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"--metric {metric!r} is not reported by the trials; {hint}"
+            raise ConfigError(f"--metric {metric!r} is not reported by the trials; {did_you_mean(metric, OBJECTIVES)}"
                               f"choose one of {', '.join(OBJECTIVES)}")
         needs = VAL_METRICS.get(metric, ())
         missing = [key for key in needs if not getattr(cfg.data, key.split(".")[1])]
