@@ -303,7 +303,7 @@ def test_uint8_worker_path_equals_the_pil_path(source, size, crop):
     channels-last memory."""
     import io
 
-    from edge_ray.data.reader import decode_batch
+    from edge_ray.data.streams import decode_batch
     from edge_ray.data.records import Record
     from edge_ray.data.transforms import decode_image, normalize_batch, to_normalized_batch
 
@@ -434,12 +434,12 @@ def test_decoded_cache_gives_the_same_batches_and_skips_decoding(sets, monkeypat
     """train_loader(decoded_cache_mb=...) in-process: two epochs give bit-identical batches
     (images, labels, OE, keys) to the uncached loader; the second epoch decodes only the ID
     images the first did not read, and a budget of 10 images keeps 10 and decodes the rest."""
-    from edge_ray.data import reader
+    from edge_ray.data import caches, streams
 
     id_index, oe_index = sets
     decoded = []
-    real = reader.decode_image
-    monkeypatch.setattr(reader, "decode_image", lambda data, **kw: decoded.append(1) or real(data, **kw))
+    real = streams.decode_image
+    monkeypatch.setattr(streams, "decode_image", lambda data, **kw: decoded.append(1) or real(data, **kw))
 
     def epoch(e, mb):
         return list(train_loader(id_index, oe_index, batch_size=4, oe_batch_size=3, image_size=6, epoch=e,
@@ -454,20 +454,20 @@ def test_decoded_cache_gives_the_same_batches_and_skips_decoding(sets, monkeypat
     def ids(batches):
         return {k for b in batches for k in b[3]}
 
-    reader.DECODED.clear()
+    caches.DECODED.clear()
     plain = [epoch(e, 0) for e in (0, 1)]
-    assert reader.DECODED.used == 0
+    assert caches.DECODED.used == 0
     decoded.clear()
     first = epoch(0, 1)
-    assert len(reader.DECODED._images) == 48 + 5  # the epoch's 12 x 4 ID images and the 5 OE images
-    assert reader.DECODED.used == 53 * 8 * 8 * 3
+    assert len(caches.DECODED._images) == 48 + 5  # the epoch's 12 x 4 ID images and the 5 OE images
+    assert caches.DECODED.used == 53 * 8 * 8 * 3
     before = len(decoded)
     second = epoch(1, 1)
     assert len(decoded) - before == len(ids(second) - ids(first)) > 0
     same(first, plain[0])
     same(second, plain[1])
 
-    reader.DECODED.clear()
+    caches.DECODED.clear()
     same(epoch(0, 10 * 8 * 8 * 3 / 2 ** 20), plain[0])  # room for 10 decoded 8x8 images
-    assert len(reader.DECODED._images) == 10
-    reader.DECODED.clear()
+    assert len(caches.DECODED._images) == 10
+    caches.DECODED.clear()

@@ -1,5 +1,6 @@
 """Encoded image bytes -> 8-bit RGB: the one decoder for shards, training, eval, OE ranking
-and any predict path. Pure (PIL + numpy); `transforms` re-exports `decode_image` and `to_rgb`.
+and any predict path. Pure (PIL + numpy); `transforms` re-exports `decode_image`, `to_rgb` and
+`decode_error`, and its `to_pixels` turns any image a predict path is given into eval pixels.
 
 Conventions (also in shards/README.md, "Image modes"); each has a test in
 tests/test_image_modes.py against a numpy expectation built without this module:
@@ -103,6 +104,16 @@ def decode_with_source(data: bytes) -> tuple[Image.Image, Source]:
     rgb = _decode(img, None)
     rgb.load()
     return rgb, Source(fmt, mode, rgb.width, rgb.height, orientation(img))
+
+
+def decode_error(data: bytes, err: BaseException) -> str:
+    """One line saying why encoded bytes did not give an image (`err`: what decoding raised)."""
+    if not data:
+        return "empty file (0 bytes)"
+    if isinstance(err, Image.UnidentifiedImageError):
+        return "not a JPEG, PNG or WebP image"
+    text = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"corrupt or truncated image ({type(err).__name__}: {text})"
 
 
 def _decode(img: Image.Image, min_size: int | None) -> Image.Image:

@@ -2,7 +2,7 @@
 
 On an H100/H200 a compiled ResNet-50 EDGE step takes ~5k img/s, while PIL decode +
 crop in 14 DataLoader workers delivers ~3k img/s: the CPU input path is the ceiling.
-`decode="gpu"` splits the last reader stage (DESIGN.md layering: plan -> read -> decode):
+`decode="gpu"` splits the last reader stage (plan -> read -> decode, ARCHITECTURE.md):
 
   DataLoader workers (`pack_batch`)  the same `record_batches` as the CPU path; per image
       only the JPEG header is parsed and the crop drawn from the same seeded generator;
@@ -13,7 +13,7 @@ crop in 14 DataLoader workers delivers ~3k img/s: the CPU input path is the ceil
       normalise on the GPU.
   a feeder thread (`prefetch`)  runs the rank's stage a batch or two ahead on its own
       CUDA stream, so decoding overlaps the training steps queued on the default stream
-      (`engine.train_epoch` never waits for the GPU mid-epoch). `config.GPU_FEEDERS` names
+      (`loop.train_epoch` never waits for the GPU mid-epoch). `GPU_FEEDERS` (below) names
       the other arrangements: decode and crops in two threads ("pipelined"), or crops
       queued by the training loop on its own stream ("inline").
 
@@ -44,8 +44,18 @@ from .resize import crop_resize, crop_resize_batch, resize_weights
 from .decode import decode_image, orientation
 from .transforms import TrainTransform
 
-__all__ = ["PackedBatch", "pack_batch", "on_cpu_share", "jpeg_geometry", "scale_box", "BatchDecoder", "decode_jpeg",
-           "resolve_device", "prefetch", "crop_resize", "crop_resize_batch", "resize_weights"]
+__all__ = ["DECODERS", "GPU_FEEDERS", "GPU_CROPS", "PackedBatch", "pack_batch", "on_cpu_share", "jpeg_geometry",
+           "scale_box", "BatchDecoder", "decode_jpeg", "resolve_device", "prefetch", "crop_resize",
+           "crop_resize_batch", "resize_weights"]
+
+DECODERS = ("cpu", "gpu")
+# How a rank runs the GPU decode stage's two steps (`data.gpu.BatchDecoder.decode`, `.finish`):
+#   serial     one feeder thread does both, a batch or two ahead, on its own stream;
+#   pipelined  one thread decodes (nvJPEG) while a second crops the previous batch;
+#   inline     a thread decodes; the crops are queued by the training loop itself, on the
+#              training stream, between steps (no crop kernels beside the step's).
+GPU_FEEDERS = ("serial", "pipelined", "inline")
+GPU_CROPS = ("batched", "per_image")   # crop resize: as one batch, or image by image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # JPEG colour modes nvJPEG decodes to the same RGB as PIL's `convert("RGB")`; CMYK and
@@ -97,7 +107,7 @@ class PackedBatch:
 
 def pack_batch(records: list[Record], transform: TrainTransform, gen: np.random.Generator,
                cpu_share: float = 0.0) -> PackedBatch:
-    """The worker half of the GPU stage: `reader.decode_batch`'s counterpart.
+    """The worker half of the GPU stage: `streams.decode_batch`'s counterpart.
 
     Consumes `gen` exactly as the CPU path does (one `sample_crop` per record, in order),
     so both paths draw the same crops from the same seeds. `cpu_share` (0..1): that share
@@ -186,7 +196,7 @@ def _concat_bytes(chunks: list[bytes]) -> torch.Tensor:
 class BatchDecoder:
     """The rank half of the GPU stage: `PackedBatch`es -> normalised float32 [B, 3, S, S].
 
-    Two steps, which the loader may run in one feeder thread or split (`config.GPU_FEEDERS`):
+    Two steps, which the loader may run in one feeder thread or split (`GPU_FEEDERS`):
     `decode` (every image of the step's batches as uint8 on the GPU: one nvJPEG call for
     ID and OE together, which is faster than two) and `finish` (crop, resize, flip,
     normalise). Crops are resized as a batch by default (`crop_resize_batch`: dense

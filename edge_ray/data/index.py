@@ -1,4 +1,4 @@
-"""The shard index of one converted dataset (DESIGN.md §4).
+"""The shard index of one converted dataset (ARCHITECTURE.md, "Shard format").
 
 `index.json` is the contract between the converter (`shards/`) and every reader:
 the readers never list or count tar files themselves, they trust the per-shard

@@ -17,7 +17,7 @@ Training split (why contiguous ranges, not shards and not `i % world`):
 Every rank takes exactly `steps * batch_size` positions, disjoint from the others',
 so each sample is read at most once per epoch and every rank runs `steps` steps;
 which samples a rank gets does not depend on its number of DataLoader workers.
-This replaces webdataset's `split_by_node` + `with_epoch` recipe (DESIGN.md §2):
+This replaces webdataset's `split_by_node` + `with_epoch` recipe (ARCHITECTURE.md, "Ray 2.60 facts"):
 same guarantees, without the starved-rank case.
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ def prefetch(items: Iterable, convert: Callable, device: torch.device, depth: in
     (`{name}_blocked`).
 
     Two prefetches can be chained: the outer thread consumes the inner one's results on
-    its own stream, so the two conversions overlap (`config.GPU_FEEDERS`, "pipelined").
+    its own stream, so the two conversions overlap (`gpu.GPU_FEEDERS`, "pipelined").
 
     The DataLoader iterator is consumed inside the thread too (unpickling a batch is CPU
     work as well). Closing the generator early stops the thread at its next hand-over.

@@ -1,4 +1,6 @@
-"""The train / eval transforms of the CPU "decode" stage (decoding itself: `decode.py`).
+"""The train / eval transforms of the CPU "decode" stage (decoding itself: `decode.py`), and
+`to_pixels`: any image a predict path is given (bytes, PIL, array, tensor, file location) as
+the eval transform's uint8 pixels.
 
 Randomness comes from an explicit `numpy.random.Generator`, never from torch's
 global RNG: the reader seeds one per (seed, epoch, rank, worker), so an epoch's
@@ -9,6 +11,7 @@ Test and OOD sets only ever get `eval_transform` (no augmentation).
 from __future__ import annotations
 
 import math
+import os
 import platform
 
 import numpy as np
@@ -18,7 +21,7 @@ from PIL import Image
 
 # The one decoder (conventions per image mode in its docstring); re-exported here, where
 # callers have always found it.
-from .decode import decode_image, to_rgb  # noqa: F401
+from .decode import decode_error, decode_image, to_rgb  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,6 +123,52 @@ def rgb_pixels(img: Image.Image) -> np.ndarray:
     """A decoded image as RGB uint8 [H, W, 3], what `geometric_pixels` crops (and the reader's
     decoded-image cache keeps)."""
     return np.array(to_rgb(img), dtype=np.uint8)
+
+
+def to_pixels(image, transform) -> np.ndarray:
+    """uint8 [S, S, 3]: one image after decoding and the eval transform's resize, the same
+    pixels as the evaluation loader's (`decode_batch`: the same decode and uint8 resize).
+
+    ``image``: encoded bytes (JPEG, PNG, WebP), a PIL image, a uint8 array or tensor
+    ([H, W], [H, W, C] or [C, H, W] with C in 1, 3, 4), or a location (path or URI) of a file.
+    Raises ValueError with one line on anything else or on bytes that do not decode."""
+    if isinstance(image, (str, os.PathLike)):
+        from edge_ray import storage
+
+        image = storage.read_bytes(storage.normalize(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        try:
+            img = decode_image(data, min_size=transform.min_decode_size)
+            return _resized(img, transform)
+        except Exception as err:  # PIL raises many types for corrupt or hostile bytes
+            raise ValueError(decode_error(data, err)) from err
+    if isinstance(image, Image.Image):
+        return _resized(image, transform)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        return _resized(Image.fromarray(_hwc(image)), transform)
+    raise ValueError(f"cannot read an image from {type(image).__name__}; pass encoded bytes, a PIL "
+                     "image, a uint8 array or tensor, or a file location")
+
+
+def _resized(img: Image.Image, transform) -> np.ndarray:
+    """RGB uint8 [S, S, 3] as the evaluation loader resizes it (torch's uint8 antialiased
+    resize; PIL's own differs by up to one level when shrinking)."""
+    return np.ascontiguousarray(transform.geometric_uint8(img).permute(1, 2, 0).numpy())
+
+
+def _hwc(a: np.ndarray) -> np.ndarray:
+    if a.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8 (0..255), got {a.dtype}")
+    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # [C, H, W] -> [H, W, C]
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
+        raise ValueError(f"image array of shape {a.shape}: expected [H, W], [H, W, C] or [C, H, W]")
+    return np.ascontiguousarray(a)
 
 
 def crop_uint8(img: Image.Image, box: tuple[int, int, int, int] | None, flip: bool, size: int) -> torch.Tensor:
