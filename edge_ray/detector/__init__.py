@@ -6,14 +6,17 @@ runs it over many images with Ray Data; ``cli.py`` holds the export and predict 
 The names below load lazily, so that importing a submodule (the CLI) does not import torch.
 """
 
-_RUNTIME = ("Detector", "Predictions", "FORMAT_VERSION", "read_manifest", "to_pixels", "decode_error")
+# name -> the module that defines it
+_EXPORTS = {"Detector": "edge_ray.detector.runtime", "Predictions": "edge_ray.detector.runtime",
+            "FORMAT_VERSION": "edge_ray.detector.folder", "read_manifest": "edge_ray.detector.folder",
+            "to_pixels": "edge_ray.data.transforms", "decode_error": "edge_ray.data.decode"}
 
 
 def __getattr__(name):
-    if name in _RUNTIME:
-        from edge_ray.detector import runtime
-        return getattr(runtime, name)
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'edge_ray.detector' has no attribute {name!r}")
 
 
-__all__ = list(_RUNTIME)
+__all__ = list(_EXPORTS)

@@ -4,12 +4,13 @@ One score, fitted as ``eval`` fits it (on the first ``fit_samples`` ID training 
 threshold on it chosen on the ID validation set, and a model card:
 
 1. With an ID test set and OOD sets in the run's config (or given), the checkpoint is
-   evaluated with this score exactly as ``launch.py eval`` does (``evaluation.evaluate``):
+   evaluated with this score exactly as ``launch.py eval`` does (``evaluate.pipeline.evaluate``):
    that pass fits the score and gives the card its Table-3 row and the ID test mAP.
    Without them, the score is fitted on the ID training set alone and the card says so.
-2. One pass over ``id_val``: the threshold is the largest ``t`` that keeps at least ``tpr``
-   of the ID validation images at ``score >= t`` (``metrics.tpr_threshold``, the FPR95 rule),
-   written with the TPR it achieves and the ID score quantiles. The per-class label
+2. One pass over ``id_val``: the threshold keeps the ID validation images the FPR95 rule
+   keeps at ``tpr`` (at least ``tpr`` of them at ``score >= t``), placed midway to the next
+   lower ID score (``metrics.separating_threshold``) so that float noise in a score cannot
+   flip an image; written with the TPR it achieves and the ID score quantiles. The per-class label
    thresholds are 0.5, another fixed value, or per class the F1-best one on ``id_val``.
 3. The folder is written through ``edge_ray.storage``: a local path or a URI.
 
@@ -28,7 +29,7 @@ from edge_ray.data import load_index
 from edge_ray.detector.runtime import Detector
 from edge_ray.evaluate.pipeline import (check_score_names, collect_set, eval_options, evaluate, fit_scorers,
                                  needs_training_features, open_sets, score_set)
-from edge_ray.metrics import best_f1_thresholds, mean_average_precision, tpr_threshold
+from edge_ray.metrics import best_f1_thresholds, mean_average_precision, separating_threshold
 from edge_ray.detector.card import build_card, card_markdown
 from edge_ray.scores.base import sigmoid
 
@@ -121,7 +122,7 @@ def _check_classes(model, train_index, val_index) -> None:
 
 
 def _threshold(scores: np.ndarray, tpr: float) -> dict:
-    value = tpr_threshold(scores, tpr)
+    value = separating_threshold(scores, tpr)
     kept = int((scores >= value).sum())
     return {"value": value, "tpr": float(tpr), "tpr_on_id_val": kept / len(scores), "id_val_kept": kept,
             "id_val_images": int(len(scores)),

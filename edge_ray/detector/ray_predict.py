@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from edge_ray import storage
-from edge_ray.detector.runtime import read_manifest
+from edge_ray.detector.folder import read_manifest
 from edge_ray.detector.ray_inputs import check_input, read_input
 
 SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("labels", pa.list_(pa.string())),
@@ -20,8 +20,7 @@ SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("labels", pa.l
 
 def _decode(batch: dict, image_size: int, mean, std) -> dict:
     """key, path, data, error -> key, path, pixels uint8 [N, S, S, 3], error ("" when decoded)."""
-    from edge_ray.data.transforms import eval_transform
-    from edge_ray.detector.runtime import to_pixels
+    from edge_ray.data.transforms import eval_transform, to_pixels
 
     transform = eval_transform(image_size, mean=mean, std=std)
     n = len(batch["key"])
