@@ -1,4 +1,4 @@
-"""OOD and multi-label metrics (DESIGN.md §3).
+"""OOD and multi-label metrics (ARCHITECTURE.md, "Conventions").
 
 Convention: higher score = more in-distribution, and ID is the positive class.
 All metrics are fractions in [0, 1], computed in float64 with exact tie handling.
@@ -18,8 +18,11 @@ def fpr_at_95_tpr(id_scores, ood_scores) -> float:
     """FPR95: the threshold is the largest ``t`` such that at least 95% of ID scores are >= t;
     the result is the fraction of OOD scores >= t.
 
-    (The released code picks the threshold whose ID recall is *nearest* 0.95; this one
-    takes the first threshold that reaches it, so it never reports a recall below 95%.)
+    With the ID scores sorted high to low and ``k = ceil(0.95 n)``, every ``t`` in
+    ``(s_(k+1), s_k]`` keeps the same ID images; FPR95 is the OOD fraction at the top of that
+    interval, ``s_k`` (the smallest any such threshold gives). A deployed threshold is the
+    interval's midpoint instead (``separating_threshold``). (The released code picks the
+    threshold whose ID recall is *nearest* 0.95; this never reports a recall below 95%.)
     """
     ood_s = as_float64_vector(ood_scores, "OOD scores")
     threshold = tpr_threshold(id_scores, Fraction(*TPR_LEVEL))
@@ -39,6 +42,21 @@ def tpr_threshold(id_scores, tpr=Fraction(*TPR_LEVEL)) -> float:
         raise ValueError(f"tpr must lie in (0, 1], got {float(level)}")
     needed = -(-level.numerator * id_s.size // level.denominator)  # ceil(tpr * n)
     return float(id_s[needed - 1])
+
+
+def separating_threshold(id_scores, tpr=Fraction(*TPR_LEVEL)) -> float:
+    """A threshold to deploy at ID recall ``tpr``: the midpoint between ``s_k =
+    tpr_threshold(...)`` and the next lower distinct ID score, so ``S(x) >= t`` keeps exactly
+    the ID samples ``tpr_threshold`` keeps, and recomputing a score with float noise (another
+    batch size or kernel order moves it by ~1e-7 relative) cannot move a kept sample below it.
+    Without a lower distinct score it lies ``1e-6 * max(1, |s_k|)`` below ``s_k``.
+    """
+    id_s = as_float64_vector(id_scores, "ID scores")
+    top = tpr_threshold(id_s, tpr)
+    below = id_s[id_s < top]
+    if below.size:
+        return float(top + (below.max() - top) / 2)
+    return float(top - 1e-6 * max(1.0, abs(top)))
 
 
 def best_f1_thresholds(probabilities, targets, *, default: float = 0.5) -> np.ndarray:

@@ -118,6 +118,21 @@ def test_tpr_threshold_vs_brute_force(id_s, _, tpr):
         assert kept < tpr + 1 / len(id_s) + 1e-12
 
 
+@pytest.mark.parametrize("tpr", [0.95, 0.5, 1.0, 0.01])
+@pytest.mark.parametrize("id_s,_", cases())
+def test_separating_threshold_keeps_the_same_samples_with_a_margin(id_s, _, tpr):
+    """Midway between the FPR95 rule's threshold and the next lower distinct score (brute
+    force): the same samples kept, none of them within float noise of it."""
+    top = metrics.tpr_threshold(id_s, tpr)
+    t = metrics.separating_threshold(id_s, tpr)
+    assert np.array_equal(id_s >= t, id_s >= top)
+    lower = [s for s in set(id_s) if s < top]
+    if lower:
+        assert t == pytest.approx((top + max(lower)) / 2, rel=1e-12, abs=1e-12)
+    else:
+        assert top - 2e-6 * max(1, abs(top)) < t < top
+
+
 def test_tpr_threshold_bad_input():
     with pytest.raises(ValueError, match="tpr must lie in"):
         metrics.tpr_threshold([1.0, 2.0], 1.5)
