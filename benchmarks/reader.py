@@ -30,7 +30,6 @@ import resource
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +40,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import reader_baseline  # noqa: E402
 from edge_ray import storage  # noqa: E402
+from shards.plan import Item  # noqa: E402
+from shards.writer import convert  # noqa: E402
 from edge_ray.data import load_index, train_loader  # noqa: E402
 
 
@@ -58,25 +59,13 @@ def synthetic_jpeg(gen: np.random.Generator, size) -> bytes:
 
 def write_synthetic(out: Path, name: str, role: str, n: int, size: int, *,
                     shard_size: int, num_classes: int = 20, seed: int = 0) -> Path:
-    """A DESIGN.md §4 shard set (no labels.parquet: the reader does not need it)."""
+    """A shard set of n synthetic JPEGs, written by the converters' own writer (shards.writer)."""
     gen = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for s, start in enumerate(range(0, n, shard_size)):
-        url, count = f"{name}-{s:06d}.tar", min(shard_size, n - start)
-        with tarfile.open(out / url, "w") as tar:
-            for i in range(start, start + count):
-                labels = sorted(set(gen.integers(num_classes, size=2).tolist())) if role == "id" else []
-                for ext, data in (("jpg", synthetic_jpeg(gen, size)),
-                                  ("json", json.dumps({"labels": labels}).encode())):
-                    info = tarfile.TarInfo(f"{name}_{i:07d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        shards.append({"url": url, "num_samples": count})
-    classes = [f"class{c}" for c in range(num_classes)] if role == "id" else []
-    (out / "index.json").write_text(json.dumps({
-        "name": name, "role": role, "classes": classes, "num_samples": n, "shards": shards,
-        "label_counts": [], "skipped": []}))
+    items = [Item(f"{name}_{i:07d}", f"synthetic {name} {i}",
+                  tuple(sorted(set(gen.integers(num_classes, size=2).tolist()))) if role == "id" else (),
+                  data=synthetic_jpeg(gen, size)) for i in range(n)]
+    convert(items, str(out), name=name, role=role, classes=[f"class{c}" for c in range(num_classes)] if role == "id" else [],
+            shard_size=shard_size, progress=False)
     return out
 
 

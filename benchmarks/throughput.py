@@ -2,7 +2,7 @@
 
 One run, one GPU, the same ResNet-50 EDGE step and epoch loop throughout (bf16 autocast,
 channels_last, 128 ID + 128 OE images in one forward, SGD, the EDGE loss,
-`engine.train_epoch`, which never waits for the GPU mid-epoch):
+`loop.train_epoch`, which never waits for the GPU mid-epoch):
 
   (a) synthetic    one batch resident in GPU memory, eager and torch.compile (in each of
                    `--compile-modes`): the limit is the fastest compiled;
@@ -54,7 +54,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -72,6 +71,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 from benchmarks.throughput_steps import (NUM_CLASSES, VARIANT_FORM, best_of, compile_modes,  # noqa: E402
                                          parse_variant, synthetic, variants)
+from shards.plan import Item  # noqa: E402
+from shards.writer import convert  # noqa: E402
 
 
 # (d)'s arrangements: batched crops (per-image lost 4-5% in runs 3 and 4), the serial and
@@ -99,41 +100,31 @@ def _jpeg(gen: np.random.Generator, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_shard(job) -> dict:
-    out, url, first, count, size, role, seed = job
+def _items(job) -> list:
+    """One chunk's samples (JPEG bytes generated in a pool worker; seeded by its first index)."""
+    first, count, size, role, seed = job
     gen = np.random.default_rng([seed, first])
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
-    with tarfile.open(Path(out) / url, "w") as tar:
-        for i in range(first, first + count):
-            labels = sorted(set(gen.integers(NUM_CLASSES, size=3).tolist())) if role == "id" else []
-            counts[labels] += 1
-            for ext, data in (("jpg", _jpeg(gen, size)), ("json", json.dumps({"labels": labels}).encode())):
-                info = tarfile.TarInfo(f"s{i:07d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return {"url": url, "num_samples": count, "counts": counts.tolist()}
+    return [Item(f"s{i:07d}", f"synthetic {i}",
+                 tuple(sorted(set(gen.integers(NUM_CLASSES, size=3).tolist()))) if role == "id" else (),
+                 data=_jpeg(gen, size)) for i in range(first, first + count)]
 
 
 def make_set(out: Path, name: str, role: str, n: int, size: int, *, seed: int) -> Path:
-    """A DESIGN.md §4 shard set of n synthetic size x size JPEGs (no labels.parquet: the
-    trainer does not read it); kept when index.json says it already has these sizes."""
+    """A shard set of n synthetic size x size JPEGs, written by the converters' own writer
+    (shards.writer); kept when its index says it already has these sizes."""
     index = out / "index.json"
     if index.is_file():
         meta = json.loads(index.read_text())
-        if meta.get("num_samples") == n and meta.get("bench_source_size") == size:
+        if meta.get("num_samples") == n and meta.get("source", {}).get("bench_source_size") == size:
             return out
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     per = 512 if n >= 4096 else max(1, n // 4)
-    jobs = [(str(out), f"{name}-{s:06d}.tar", first, min(per, n - first), size, role, seed)
-            for s, first in enumerate(range(0, n, per))]
+    jobs = [(first, min(per, n - first), size, role, seed) for first in range(0, n, per)]
     with multiprocessing.get_context("fork").Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
-        shards = pool.map(_write_shard, jobs)
-    index.write_text(json.dumps({
-        "name": name, "role": role, "classes": [f"class{c}" for c in range(NUM_CLASSES)] if role == "id" else [],
-        "num_samples": n, "shards": [{"url": s["url"], "num_samples": s["num_samples"]} for s in shards],
-        "label_counts": np.sum([s["counts"] for s in shards], axis=0).tolist() if role == "id" else [],
-        "bench_source_size": size}))
+        items = [item for chunk in pool.map(_items, jobs) for item in chunk]
+    convert(items, str(out), name=name, role=role,
+            classes=[f"class{c}" for c in range(NUM_CLASSES)] if role == "id" else [],
+            shard_size=per, source={"bench_source_size": size}, progress=False)
     return out
 
 
