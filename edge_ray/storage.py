@@ -3,7 +3,7 @@
 A *location* is a local path, a ``file://`` URI, ``s3://bucket/prefix``, ``gs://bucket/prefix``
 or anything else ``pyarrow.fs.FileSystem.from_uri`` accepts -- the layer Ray Train uses for
 ``storage_path``, so one set of settings serves shards, checkpoints and results
-(DESIGN.md §4). Every function here takes a location string and resolves it to a
+(ARCHITECTURE.md, "Shard format"). Every function here takes a location string and resolves it to a
 (filesystem, path) pair; filesystems are cached per process, so a DataLoader worker opening
 hundreds of shards resolves its bucket once.
 

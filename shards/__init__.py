@@ -1,4 +1,4 @@
-"""Dataset -> WebDataset shard conversion (DESIGN.md §4).
+"""Dataset -> WebDataset shard conversion (ARCHITECTURE.md, "Shard format").
 
 Converters: `shards.voc.convert_voc`, `shards.coco.convert_coco`,
 `shards.nuswide.convert_nuswide`, `shards.manifest.convert_manifest`,

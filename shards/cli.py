@@ -87,7 +87,7 @@ def _add_kind_args(kind: str, p) -> None:
 def add_subparsers(subparsers) -> argparse.ArgumentParser:
     """Add the `shards` command and its kinds to a top-level `add_subparsers()` object."""
     top = subparsers.add_parser("shards", help="convert datasets to WebDataset shards",
-                                description="Convert a dataset into the shard layout of DESIGN.md §4.",
+                                description="Convert a dataset into the shard layout of ARCHITECTURE.md ('Shard format').",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n" + "\n".join(f"  {e}" for e in _EXAMPLES.values()))
     kinds = top.add_subparsers(dest="shards_kind", metavar="KIND", required=True)

@@ -1,9 +1,8 @@
 """The embedded benchmark: a long-tailed multi-label ID task, OE candidates and
 OOD test sets, built offline from data shipped in scikit-learn and Pillow.
 
-See shards/README.md and /work/shared/BENCHMARK-NOTES.md for what each set is
-for. Each set gets its own random stream ([seed, set number]) so a set's
-content depends only on the seed and its own size.
+See shards/README.md for what each set is for. Each set gets its own random stream
+([seed, set number]), so a set's content depends only on the seed and its own size.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Write one shard set in the DESIGN.md §4 layout, to a local folder or any location
-`edge_ray.storage` opens (s3://, gs://, ...).
+"""Write one shard set in the shard layout (ARCHITECTURE.md, "Shard format"), to a local
+folder or any location `edge_ray.storage` opens (s3://, gs://, ...).
 
 `write_shard` is the unit of parallel work (read, fully decode, write one tar as a stream
 to `<name>-NNNNNN.tar.part`); `convert` plans in the driver, runs the shards in-process or
@@ -138,7 +138,7 @@ def convert(items: Iterable[Item], out_dir, *, name: str, role: str, classes=(),
             where: str = "the input", skipped=(), reencode: bool = False,
             overwrite: bool = False, skip_missing: bool = False, spread: bool = False,
             progress: bool = True) -> dict:
-    """Convert `items` into a §4 shard set in `out_dir` and return its index.
+    """Convert `items` into a shard set (ARCHITECTURE.md, "Shard format") in `out_dir` and return its index.
 
     `skipped` lists entries the caller already left out (e.g. --drop-empty), so
     every input appears either as a sample or in index.json `skipped`.

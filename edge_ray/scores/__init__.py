@@ -1,4 +1,4 @@
-"""Post-hoc OOD scores: a registry of name -> scorer class (DESIGN.md §3).
+"""Post-hoc OOD scores: a registry of name -> scorer class (ARCHITECTURE.md, "Scores").
 
 Every scorer returns float64 ``[N]`` with HIGHER = MORE IN-DISTRIBUTION. Usage::
 

@@ -1,6 +1,6 @@
 """What every scorer shares: the fit data, the base class, input checks, stable energies.
 
-Convention (DESIGN.md §3): every ``score`` returns float64 ``[N]`` with HIGHER = MORE
+Convention (ARCHITECTURE.md, "Scores"): every ``score`` returns float64 ``[N]`` with HIGHER = MORE
 IN-DISTRIBUTION. Multi-label heads are sigmoid per class; logits are ``[N, C]``, features
 the penultimate ``[N, D]`` vectors with ``logits = features @ weight.T + bias``.
 """
