@@ -72,7 +72,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     global STARTED_HERE
     STARTED_HERE = True
-    # Ray Train starts a PreemptionWatcher actor per run (a process, ~1.5 CPU-seconds) to act on
+    # Ray Train starts a PreemptionWatcher actor per run (a process) to act on
     # a cloud node's preemption notice; a Ray on this machine gets none. Ray Train passes the
     # driver's setting to its controller; a user's own setting wins.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -91,7 +91,7 @@ CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cl
 
 def quiet_train_cleaner() -> None:
     """Every worker process of a Ray started here runs this first. That Ray has no dashboard
-    (~4 CPU-seconds less at each start on 2 cores), hence no state API, and Ray Train's
+    (a lighter start), hence no state API, and Ray Train's
     PlacementGroupCleaner asks the state API every second whether the run's controller lives
     and warns each time it cannot: a line a second through every run. Its job, freeing a
     dead controller's placement group, has no object here: the driver's Ray goes with it."""

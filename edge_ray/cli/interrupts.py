@@ -49,7 +49,7 @@ def run_interruptible(command, args, *, hint) -> int:
                 # A Ray this thread started must stop before the thread ends: Ray starts its
                 # raylet and GCS with PR_SET_PDEATHSIG, which fires when the starting *thread*
                 # exits, so they would be SIGKILLed, and the interpreter's own ray.shutdown()
-                # would then wait ~15 s on timeouts talking to them (1-2 s here).
+                # would then wait on timeouts talking to them.
                 _stop_ray()
 
     worker = threading.Thread(target=target, name=f"launch-{args.command}", daemon=True)

@@ -1,4 +1,4 @@
-"""The GPU decode stage (issue 9): nvJPEG decode and augmentation on the device.
+"""The GPU decode stage: nvJPEG decode and augmentation on the device.
 
 On an H100/H200 a compiled ResNet-50 EDGE step takes ~5k img/s, while PIL decode +
 crop in 14 DataLoader workers delivers ~3k img/s: the CPU input path is the ceiling.
@@ -203,7 +203,7 @@ class BatchDecoder:
     matrix products, a handful of kernels per batch); `batched=False` resizes image by
     image (`crop_resize`: several small kernels per image, touching only the crop). With
     the training step running beside it on the same GPU, the batched resize fed training
-    4-5% faster on an H100 (benchmarks/README.md, runs 3 and 4).
+    faster (benchmarks/README.md).
 
     `timings` sums host seconds per part of the work: "stream_wait" (the feeder's stream
     draining before nvJPEG), "nvjpeg" (the decode call, which returns when its images are

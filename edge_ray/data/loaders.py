@@ -118,10 +118,9 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                                                               batched=inp.gpu_crops == "batched")
     pin_memory = inp.pin_memory
     if pin_memory is None:
-        # Packed batches on CUDA are page-locked by the DataLoader's pin thread, off the
-        # feeder thread, which took ~20 ms a step to stage 20-30 MB of PIL-decoded pixels
-        # itself (benchmarks/README.md, run 6); nvJPEG then copies each file by DMA (run 5's
-        # trace: one pageable copy per image, each beside the training kernels).
+        # Packed batches on CUDA are page-locked by the DataLoader's pin thread, not by the
+        # feeder thread, and nvJPEG then copies each file by DMA instead of one pageable
+        # copy per image beside the training kernels (benchmarks/README.md).
         pin_memory = decoder is not None and decoder.device.type == "cuda"
     upload_to = None
     if decoder is None and inp.prefetch_to_device and inp.device is not None \

@@ -179,8 +179,8 @@ def crop_uint8(img: Image.Image, box: tuple[int, int, int, int] | None, flip: bo
     third of PIL's cost (benchmarks/README.md, reader).
 
     The same pixels as torchvision's `v2.functional.resized_crop(antialias=True)` (a test
-    holds them equal), called here on torch directly: torchvision's dispatch cost ~50 us an
-    image, as much as decoding a 32 px PNG, and importing it ~2 s in every Train worker."""
+    holds them equal), called here on torch directly: torchvision's dispatch per image and
+    its import in every Train worker cost more than the resize itself."""
     return crop_pixels(np.array(img, dtype=np.uint8), box, flip, size)
 
 
@@ -237,8 +237,8 @@ def normalize_batch(x: torch.Tensor, mean, std) -> torch.Tensor:
     its memory layout.
 
     On the CPU the arithmetic runs in numpy, on one thread, to the same float32 values:
-    torch's intra-op threads made it 10-30x slower in a training process whose loader
-    workers share the cores (0.1 ms alone, ~9 ms per 32-image batch on 2 busy cores).
+    torch's intra-op threads are much slower in a training process whose loader workers
+    share the cores (benchmarks/README.md, "Design measurements").
     """
     shape = (1, 3, 1, 1)
     m, s = [255.0 * v for v in mean], [255.0 * v for v in std]
@@ -255,8 +255,8 @@ def to_normalized_batch(images: list[Image.Image], mean, std) -> torch.Tensor:
     """Same-size RGB images -> float [B, 3, S, S], equal to stacking ToTensor + Normalize.
 
     One vectorised pass per batch instead of per-image to_tensor, normalize and
-    stack (together as costly as the JPEG decode at 224-256 px). numpy, not torch:
-    torch's intra-op threads made this 5x slower in a busy training process.
+    stack (together as costly as the JPEG decode at 224-256 px). numpy, not torch: torch's
+    intra-op threads are slower in a busy training process.
     """
     x = np.stack([np.asarray(img, dtype=np.uint8) for img in images]).transpose(0, 3, 1, 2)
     x = np.ascontiguousarray(x, dtype=np.float32)

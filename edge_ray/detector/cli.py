@@ -76,7 +76,7 @@ def _docstring(module: str) -> str:
 
 
 def add_export_parser(sub, common) -> None:
-    doc = _docstring("edge_ray.detector.export")  # read, not imported: importing it brings in torch (~1.3 s)
+    doc = _docstring("edge_ray.detector.export")  # read, not imported: importing it brings in torch
 
     p = sub.add_parser("export", help="export a checkpoint as a detector folder (weights, score, threshold, card)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=doc,

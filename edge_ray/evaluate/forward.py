@@ -7,9 +7,8 @@ import torch
 
 from edge_ray.train.loop import StepOptions, autocast, to_device
 
-# Evaluation forwards on the CPU go in chunks of this many images: the demo's small CNN took
-# 2-2.8x longer per image in batches of 96-512 than of 32-64 (2-core AMD EPYC, 2026-12-04:
-# 0.30-0.36 s against 0.13 s per 1,024 images, threads 2). A GPU takes the loader's batch whole.
+# Evaluation forwards on the CPU go in chunks of this many images: small batches are faster
+# per image there (benchmarks/README.md, "Design measurements"). A GPU takes the batch whole.
 CPU_EVAL_CHUNK = 64
 
 

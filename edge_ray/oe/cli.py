@@ -1,5 +1,5 @@
-"""`launch.py rank-oe`'s arguments: kept apart from `rank_oe.py`, so that adding this parser to
-the CLI's does not import torch and Ray (~2 s) (other commands' parsers still bring in torch)."""
+"""`launch.py rank-oe`: the parser (free of torch and Ray) and the handler; the work is in
+`ray_rank.py` (one Ray task per candidate) and `rank.py`."""
 from __future__ import annotations
 
 import argparse

@@ -20,22 +20,13 @@ class MaxLogit(Scorer):
 
 
 class MSP(Scorer):
-    """Maximum softmax probability (Hendrycks & Gimpel 2017, "A Baseline for Detecting
-    Misclassified and Out-of-Distribution Examples"), over the class logits:
+    """Maximum softmax probability (Hendrycks & Gimpel 2017, arXiv:1610.02136), over the
+    class logits, as the paper's released evaluation code computes it:
 
         S(x) = max_c softmax(f(x))_c = 1 / sum_c exp(f_c(x) - max_c' f_c'(x))
 
-    The softmax runs across the C logits although the head is trained with a sigmoid per
-    class: that is what the evaluation code released with the paper computes (``lib.py``,
-    ``--ood msp``: ``F.softmax(logits, dim=1)``, then the max), and why the paper's Table 3
-    shows MSP apart from MaxLogit (COCO, ResNet-50, LSUN: EDGE MaxLogit FPR95 1.08, MSP
-    22.41). A per-class ``max_c sigmoid(f_c)`` is a monotone function of MaxLogit (same
-    FPR95 and AUROC, plus ties where it saturates), so it is not offered under any name.
-    Unlike MaxLogit, MSP ignores a shift shared by every logit: it sees how far the top
-    class stands out, and an image with k equally sure labels scores at most 1/k.
-
-    Computed with the row max subtracted, so every exponent is <= 0: finite and in
-    [1/C, 1] for any finite logits (e.g. +-1e4)."""
+    (A per-class ``max_c sigmoid(f_c)`` would rank exactly as MaxLogit.) The row max is
+    subtracted, so the result is finite and in [1/C, 1] for any finite logits."""
 
     name = "msp"
 

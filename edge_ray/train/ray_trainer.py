@@ -114,7 +114,7 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
 
 class _Trainer(TorchTrainer):
     """Ray Train's TorchTrainer without two helper actors this project never needs (each a
-    process per run, ~1.5 CPU-seconds of start-up beside the worker's own on a small machine):
+    process to start per run):
     the DatasetManager of Ray Datasets (the workers stream WebDataset shards; no Ray Dataset
     is passed) and, on a Ray this process started, the PlacementGroupCleaner, which frees a
     dead controller's placement group: that Ray ends with its driver."""

@@ -1,5 +1,5 @@
 """`launch.py tune`'s arguments: kept apart from `tune.py` so that building the CLI's parser
-(every command, `--help` included) does not import Ray Tune and Optuna (~1.5 s)."""
+(every command, `--help` included) does not import Ray Tune and Optuna."""
 from __future__ import annotations
 
 import argparse

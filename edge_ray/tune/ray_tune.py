@@ -107,6 +107,20 @@ def _check_fresh(s: SearchSettings) -> None:
                           "--name or --storage (or delete it: optuna delete-study)")
 
 
+def _restore(s: SearchSettings, path: str):
+    """Tune's saved experiment, or one line when it cannot be read back: a search saved by an
+    edge-ray from before the feature-first layout pickled modules (``edge_ray.distributed.*``)
+    that no longer exist."""
+    try:
+        return tune.Tuner.restore(path, trainable=_trainable(s), resume_unfinished=True, resume_errored=False)
+    except (ModuleNotFoundError, AttributeError) as err:
+        if "edge_ray" not in str(err):
+            raise
+        raise ConfigError(f"the search {s.name!r} in {path} was saved by an older edge-ray ({err}) and cannot be "
+                          "resumed by this one; its Optuna study keeps the finished trials "
+                          f"({s.storage}); start a new search with another --name") from None
+
+
 def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> SearchResult:
     """Check everything, run (or continue) the search on the connected Ray, write the outputs.
     ``callbacks`` are Tune callbacks (saved with the experiment, so they come back on resume)."""
@@ -117,8 +131,7 @@ def run_search(s: SearchSettings, *, resume: bool = False, callbacks=()) -> Sear
             raise ConfigError(f"nothing to resume: no Tune experiment at {path}; run without --resume")
         print(f"resuming search {s.name}: {s.trials} trials in all, unfinished ones continue; Optuna study "
               f"{s.name!r} in {s.storage}; Tune experiment {path}", flush=True)
-        grid = tune.Tuner.restore(path, trainable=_trainable(s), resume_unfinished=True,
-                                  resume_errored=False).fit()
+        grid = _restore(s, path).fit()
     else:
         cfg = trial_base(s)
         n = concurrency(s, cfg, ray.cluster_resources())
