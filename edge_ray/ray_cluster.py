@@ -28,8 +28,13 @@ def check_request(per_worker: dict, workers: int, what: str) -> None:
     message = (f"{what} asks for {workers} worker(s) x ({asked}) but the Ray nodes can place {fits} "
                f"(they have {have})")
     if STARTED_HERE:
-        raise ClusterError(f"{message}; lower train.num_workers / train.cpus_per_worker / "
-                           "train.gpus_per_worker, or connect to a larger cluster with --address")
+        absent = [k for k, v in per_worker.items() if v > 0 and k not in ("CPU", "GPU") and
+                  not any(r.get(k, 0) for r in nodes)]
+        fix = (f"no node offers {', '.join(absent)} (a node pool: train.node_pool); leave train.node_pool empty here "
+               "or connect to a cluster whose nodes offer it with --address" if absent else
+               "lower train.num_workers / train.cpus_per_worker / train.gpus_per_worker, or connect to a larger "
+               "cluster with --address")
+        raise ClusterError(f"{message}; {fix}")
     print(f"note: {message}; the run waits until nodes with room join (an autoscaler adds them)", flush=True)
 
 

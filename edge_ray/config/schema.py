@@ -139,6 +139,9 @@ class TrainConfig:
     gpus_per_worker: float = 1.0  # checks.py: > 0 with use_gpu
     # pack | spread: Train workers packed on few nodes, or one per node where possible
     placement: str = field(default="pack", metadata=one_of(PLACEMENTS))
+    # a custom Ray resource each worker also asks 0.001 of, to pick a node pool ("" = none): ondemand / spot in cluster/aws-gpu.yaml
+    node_pool: str = field(default="", metadata=rule(lambda v: v not in ("CPU", "GPU", "memory", "object_store_memory"),
+                                                     "must name a custom resource of the nodes (e.g. ondemand, spot), not CPU / GPU / memory"))
     amp: bool = True              # bf16 autocast on GPU
     max_failures: int = field(default=0, metadata=at_least(-1, "must be >= 0 (or -1: retry forever)"))
     num_to_keep: int = field(default=2, metadata=at_least(1))

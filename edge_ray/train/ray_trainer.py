@@ -23,6 +23,10 @@ from edge_ray.ray_cluster import check_request
 from edge_ray.train.ray_worker import train_loop_per_worker
 from edge_ray.models.networks import build_model
 
+# What each worker asks of train.node_pool's custom resource (cluster/aws-gpu.yaml marks a node type
+# with {ondemand: 4} or {spot: 4}): enough to exclude every node without it, never what limits a node.
+NODE_POOL_SHARE = 0.001
+
 
 def storage_root(cfg: Config) -> str:
     """Ray wants an absolute path or a URI (``s3://``, ``gs://``) for storage."""
@@ -96,6 +100,8 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
+    if cfg.train.node_pool:  # a sliver of the pool's custom resource: only nodes marked with it qualify
+        resources[cfg.train.node_pool] = NODE_POOL_SHARE
     return _Trainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
@@ -152,7 +158,7 @@ RESUMABLE_CHANGES = {
     "data": {"loader_workers", "decoded_cache_mb", "decode", "gpu_feeder", "gpu_crops", "cpu_decode_share", "id_val", "id_test", "oe_val", "ood"},
     "model": {"compile", "compile_mode", "channels_last"},
     "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every", "placement",
-              "min_workers", "resize_interval_s", "start_timeout_s", "audit_keys",
+              "min_workers", "resize_interval_s", "start_timeout_s", "audit_keys", "node_pool",
               "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},
 }
 
@@ -205,7 +211,11 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
         check_inputs(cfg)
         check_resume(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker, "GPU": cfg.train.gpus_per_worker if cfg.train.use_gpu else 0}
-    check_request(resources, worker_range(cfg)[0], "train")
+    if cfg.train.node_pool:
+        resources[cfg.train.node_pool] = NODE_POOL_SHARE
+    check_request(resources, worker_range(cfg)[0],
+                  f"train with train.node_pool={cfg.train.node_pool}"
+                  if cfg.train.node_pool else "train")
     last = last_epoch_on_storage(run_dir(cfg))
     if last is not None:
         folder, epochs = last
