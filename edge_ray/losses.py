@@ -24,6 +24,25 @@ from edge_ray.validation import check_binary, check_logits_pair
 GAP_MODES = ("mean", "pairwise")
 
 
+@dataclass(frozen=True)
+class Shares:
+    """The weights of one DDP rank's ID and OE terms: the world size times the rank's share
+    of the global ID / OE batch (1 and 1 when every rank holds the same number). DDP
+    averages gradients over ranks, so a rank's per-sample means weighted so make that
+    average the mean over the whole global batch, however unevenly it was split."""
+
+    id: float = 1.0
+    oe: float = 1.0
+
+    @classmethod
+    def of(cls, rank: int, id_batches, oe_batches) -> "Shares":
+        world = len(id_batches)
+        return cls(id=world * id_batches[rank] / sum(id_batches), oe=world * oe_batches[rank] / sum(oe_batches))
+
+
+NO_SHARES = Shares()
+
+
 def joint_energy(logits: torch.Tensor) -> torch.Tensor:
     """JointEnergy (Wang et al. 2021), paper Eq. 3: ``E(x) = sum_c log(1 + exp(f_c(x)))``.
 
@@ -51,10 +70,11 @@ def _conf(logits_oe: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits_oe).mean()
 
 
-def gather_energies(energy: torch.Tensor) -> torch.Tensor:
+def gather_energies(energy: torch.Tensor, sizes=None) -> torch.Tensor:
     """Every rank's energies, concatenated in rank order, with gradients flowing back to the
     rank that owns each one (``torch.distributed.nn``'s differentiable all-gather); the
-    tensor itself when no process group is running. For ``edge_loss(gather=...)``."""
+    tensor itself when no process group is running. ``sizes``: every rank's count when they
+    differ (padded for the gather, cut after it). For ``edge_loss(gather=...)``."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -63,9 +83,15 @@ def gather_energies(energy: torch.Tensor) -> torch.Tensor:
 
     from torch.distributed.nn.functional import all_gather
 
+    pad = max(sizes) - energy.shape[0] if sizes else 0
+    if pad:
+        energy = torch.cat([energy, energy.new_zeros(pad)])
     with warnings.catch_warnings():  # deprecated in favour of an API without autograd on gloo
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(all_gather(energy))
+        parts = all_gather(energy)
+    if sizes:
+        parts = [part[:n] for part, n in zip(parts, sizes)]
+    return torch.cat(parts)
 
 
 def gap_hinge(energy_id: torch.Tensor, energy_oe: torch.Tensor, *, k: int, m: float,
@@ -94,18 +120,20 @@ def _check_edge_inputs(logits_id, targets, logits_oe, k=None):
 
 
 def edge_loss(logits_id: torch.Tensor, targets: torch.Tensor, logits_oe: torch.Tensor, *,
-              alpha: float, beta: float, k: int, m: float, gap: str = "mean", gather=None) -> dict:
+              alpha: float, beta: float, k: int, m: float, gap: str = "mean", gather=None,
+              shares: Shares = NO_SHARES) -> dict:
     """EDGE objective, Eq. 8: ``L = L_id + alpha * L_conf + beta * L_gap``.
 
     Returns ``{"loss", "id", "conf", "gap"}``. ``beta = 0`` before epoch ``tau`` is the
     caller's schedule. Bottom-k is taken within this ID batch, or over every rank's with
-    ``gather`` (see ``gap_hinge``).
+    ``gather`` (see ``gap_hinge``). ``shares`` weights the ID and OE terms of a rank
+    holding an uneven part of the global batch (``Shares``).
     """
     _check_edge_inputs(logits_id, targets, logits_oe, k)
-    l_id = _id_bce(logits_id, targets)
-    l_conf = _conf(logits_oe)
+    l_id = _id_bce(logits_id, targets) * shares.id
+    l_conf = _conf(logits_oe) * shares.oe
     hinge = gap_hinge(joint_energy(logits_id), joint_energy(logits_oe), k=k, m=m, gap=gap, gather=gather)
-    l_gap = hinge.mean()
+    l_gap = hinge.mean() * shares.oe
     return {"loss": l_id + alpha * l_conf + beta * l_gap, "id": l_id, "conf": l_conf, "gap": l_gap}
 
 
@@ -123,30 +151,30 @@ def gap_diagnostics(logits_id: torch.Tensor, logits_oe: torch.Tensor, *, k: int,
             "energy_id_bottomk": bottom_k_energy(e_id, k).mean()}
 
 
-def bce_loss(logits_id, targets) -> dict:
+def bce_loss(logits_id, targets, *, shares: Shares = NO_SHARES) -> dict:
     """Plain multi-label training (Eq. 4 alone): the paper's BCE baseline."""
     check_logits_pair(logits_id, targets)
     check_binary(targets, "targets")
-    l_id = _id_bce(logits_id, targets)
+    l_id = _id_bce(logits_id, targets) * shares.id
     return {"loss": l_id, "id": l_id}
 
 
-def oe_loss(logits_id, targets, logits_oe, *, alpha: float = 1.0) -> dict:
+def oe_loss(logits_id, targets, logits_oe, *, alpha: float = 1.0, shares: Shares = NO_SHARES) -> dict:
     """Multi-label OE: BCE + alpha * L_conf, i.e. EDGE without the gap term (paper Table 4)."""
     _check_edge_inputs(logits_id, targets, logits_oe)
-    l_id, l_conf = _id_bce(logits_id, targets), _conf(logits_oe)
+    l_id, l_conf = _id_bce(logits_id, targets) * shares.id, _conf(logits_oe) * shares.oe
     return {"loss": l_id + alpha * l_conf, "id": l_id, "conf": l_conf}
 
 
-def hendrycks_oe_loss(logits_id, targets, logits_oe, *, lam: float = 0.5) -> dict:
+def hendrycks_oe_loss(logits_id, targets, logits_oe, *, lam: float = 0.5, shares: Shares = NO_SHARES) -> dict:
     """Outlier Exposure (Hendrycks et al. 2019): BCE + lam * CE(softmax(f(x')), uniform).
 
     The cross-entropy to the uniform distribution is ``-(1/C) sum_c log softmax(f(x'))_c``,
     averaged over OE samples.
     """
     _check_edge_inputs(logits_id, targets, logits_oe)
-    l_id = _id_bce(logits_id, targets)
-    l_oe = -F.log_softmax(logits_oe, dim=1).mean(dim=1).mean()
+    l_id = _id_bce(logits_id, targets) * shares.id
+    l_oe = -F.log_softmax(logits_oe, dim=1).mean(dim=1).mean() * shares.oe
     return {"loss": l_id + lam * l_oe, "id": l_id, "oe": l_oe}
 
 
@@ -156,21 +184,22 @@ def free_energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def energy_oe_loss(logits_id, targets, logits_oe, *, lam: float = 0.1, m_in: float = -7.0,
-                   m_out: float = -1.0) -> dict:
+                   m_out: float = -1.0, shares: Shares = NO_SHARES) -> dict:
     """Energy-bounded learning (Liu et al. 2020, Eq. 9):
     ``BCE + lam * (mean relu(E(x) - m_in)^2 + mean relu(m_out - E(x'))^2)`` with the free
     energy ``E = -logsumexp(f)``. The margins default to values sized for sigmoid logits of a
     multi-label head (the paper's -25/-7 are for 10-way softmax logits); tune them per dataset.
     """
     _check_edge_inputs(logits_id, targets, logits_oe)
-    l_id = _id_bce(logits_id, targets)
-    reg_in = F.relu(free_energy(logits_id) - m_in).pow(2).mean()
-    reg_out = F.relu(m_out - free_energy(logits_oe)).pow(2).mean()
+    l_id = _id_bce(logits_id, targets) * shares.id
+    reg_in = F.relu(free_energy(logits_id) - m_in).pow(2).mean() * shares.id
+    reg_out = F.relu(m_out - free_energy(logits_oe)).pow(2).mean() * shares.oe
     return {"loss": l_id + lam * (reg_in + reg_out), "id": l_id, "energy_in": reg_in,
             "energy_out": reg_out}
 
 
-def focal_loss(logits, targets, *, gamma: float = 2.0, alpha: float | None = None) -> dict:
+def focal_loss(logits, targets, *, gamma: float = 2.0, alpha: float | None = None,
+               shares: Shares = NO_SHARES) -> dict:
     """Sigmoid focal loss (Lin et al. 2017), mean over samples and classes:
     ``-[y (1-p)^g log p + (1-y) p^g log(1-p)]``, optionally weighted by alpha / 1-alpha."""
     check_logits_pair(logits, targets)
@@ -181,12 +210,12 @@ def focal_loss(logits, targets, *, gamma: float = 2.0, alpha: float | None = Non
     loss = (1 - p_t).pow(gamma) * ce
     if alpha is not None:
         loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
-    loss = loss.mean()
+    loss = loss.mean() * shares.id
     return {"loss": loss, "id": loss}
 
 
 def asl_loss(logits, targets, *, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
-             clip: float = 0.05, eps: float = 1e-8) -> dict:
+             clip: float = 0.05, eps: float = 1e-8, shares: Shares = NO_SHARES) -> dict:
     """Asymmetric loss (Ridnik et al. 2021): ``-[y (1-p)^g+ log p + (1-y) p_m^g- log(1-p_m)]``
     with the shifted probability ``p_m = max(p - clip, 0)``. Averaged over samples and classes
     (the reference code sums; the mean keeps the scale of BCE so learning rates carry over)."""
@@ -198,14 +227,14 @@ def asl_loss(logits, targets, *, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
     log_p = F.logsigmoid(logits).clamp(min=math.log(eps))
     log_1mp = torch.log((1 - p_m).clamp(min=eps))
     loss = -(y * (1 - p).pow(gamma_pos) * log_p + (1 - y) * p_m.pow(gamma_neg) * log_1mp)
-    loss = loss.mean()
+    loss = loss.mean() * shares.id
     return {"loss": loss, "id": loss}
 
 
 def db_loss(logits, targets, *, class_freq, num_samples: int, map_alpha: float = 0.1,
             map_beta: float = 10.0, map_gamma: float = 0.2, neg_scale: float = 2.0,
             init_bias: float = 0.05, focal: bool = True, focal_gamma: float = 2.0,
-            balance: float = 0.5) -> dict:
+            balance: float = 0.5, shares: Shares = NO_SHARES) -> dict:
     """Distribution-Balanced loss (Wu et al. 2020), as the authors' ``ResampleLoss``:
 
     - re-balanced weights: ``r = (1/n_c) / sum_{c' in y} 1/n_c'``, smoothed to
@@ -233,7 +262,7 @@ def db_loss(logits, targets, *, class_freq, num_samples: int, map_alpha: float =
         p_t = torch.exp(-F.binary_cross_entropy_with_logits(z, y, reduction="none"))
         alpha_t = balance * y + (1 - balance) * (1 - y)
         wce = alpha_t * (1 - p_t).pow(focal_gamma) * wce
-    loss = wce.mean()
+    loss = wce.mean() * shares.id
     return {"loss": loss, "id": loss}
 
 
@@ -248,9 +277,10 @@ ADAM_RECIPE = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule":
 
 @dataclass(frozen=True)
 class Method:
-    """A training method. ``build(cfg, class_freq=, num_train=, gather=)`` returns
+    """A training method. ``build(cfg, class_freq=, num_train=, gather=, shares=)`` returns
     ``fn(logits_id, targets, logits_oe, epoch) -> dict`` for a ``LossConfig`` ``cfg``;
-    ``gather`` (or None) gathers EDGE's ID energies over DDP ranks (``gather_energies``)."""
+    ``gather`` (or None) gathers EDGE's ID energies over DDP ranks (``gather_energies``),
+    ``shares`` weights a rank's terms by its share of the global batch (``Shares``)."""
 
     build: Callable
     uses_oe: bool
@@ -259,41 +289,43 @@ class Method:
     params: tuple = ()  # the loss.* settings it reads (the model card lists them)
 
 
-def _edge(cfg, *, gather=None, **_):
+def _edge(cfg, *, gather=None, shares=NO_SHARES, **_):
     def fn(z_id, y, z_oe, epoch: int) -> dict:
         beta = cfg.beta if epoch >= cfg.tau else 0.0  # the tau schedule (Alg. 1): no gap before epoch tau
-        return edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap, gather=gather)
+        return edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap, gather=gather,
+                         shares=shares)
     return fn
 
 
-def _oe(cfg, **_):
-    return lambda z_id, y, z_oe, epoch: oe_loss(z_id, y, z_oe, alpha=cfg.alpha)
+def _oe(cfg, *, shares=NO_SHARES, **_):
+    return lambda z_id, y, z_oe, epoch: oe_loss(z_id, y, z_oe, alpha=cfg.alpha, shares=shares)
 
 
-def _hendrycks_oe(cfg, **_):
-    return lambda z_id, y, z_oe, epoch: hendrycks_oe_loss(z_id, y, z_oe, lam=cfg.lam)
+def _hendrycks_oe(cfg, *, shares=NO_SHARES, **_):
+    return lambda z_id, y, z_oe, epoch: hendrycks_oe_loss(z_id, y, z_oe, lam=cfg.lam, shares=shares)
 
 
-def _energy_oe(cfg, **_):
+def _energy_oe(cfg, *, shares=NO_SHARES, **_):
     return lambda z_id, y, z_oe, epoch: energy_oe_loss(z_id, y, z_oe, lam=cfg.energy_lam, m_in=cfg.m_in,
-                                                       m_out=cfg.m_out)
+                                                       m_out=cfg.m_out, shares=shares)
 
 
-def _bce(cfg, **_):
-    return lambda z_id, y, z_oe, epoch: bce_loss(z_id, y)
+def _bce(cfg, *, shares=NO_SHARES, **_):
+    return lambda z_id, y, z_oe, epoch: bce_loss(z_id, y, shares=shares)
 
 
-def _focal(cfg, **_):
-    return lambda z_id, y, z_oe, epoch: focal_loss(z_id, y, gamma=cfg.focal_gamma)
+def _focal(cfg, *, shares=NO_SHARES, **_):
+    return lambda z_id, y, z_oe, epoch: focal_loss(z_id, y, gamma=cfg.focal_gamma, shares=shares)
 
 
-def _asl(cfg, **_):
+def _asl(cfg, *, shares=NO_SHARES, **_):
     return lambda z_id, y, z_oe, epoch: asl_loss(z_id, y, gamma_pos=cfg.asl_gamma_pos, gamma_neg=cfg.asl_gamma_neg,
-                                                 clip=cfg.asl_clip)
+                                                 clip=cfg.asl_clip, shares=shares)
 
 
-def _db(cfg, *, class_freq=None, num_train=None, **_):
-    return lambda z_id, y, z_oe, epoch: db_loss(z_id, y, class_freq=class_freq, num_samples=num_train)
+def _db(cfg, *, class_freq=None, num_train=None, shares=NO_SHARES, **_):
+    return lambda z_id, y, z_oe, epoch: db_loss(z_id, y, class_freq=class_freq, num_samples=num_train,
+                                                shares=shares)
 
 
 LOSSES: dict[str, Method] = {
@@ -308,8 +340,8 @@ LOSSES: dict[str, Method] = {
 }
 
 
-def build_loss(cfg, *, class_freq=None, num_train: int | None = None, gather=None):
+def build_loss(cfg, *, class_freq=None, num_train: int | None = None, gather=None, shares: Shares = NO_SHARES):
     """``fn(logits_id, targets, logits_oe, epoch) -> dict`` for ``cfg.method`` (``LOSSES``)."""
     if cfg.method not in LOSSES:
         raise ValueError(f"unknown loss.method {cfg.method!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[cfg.method].build(cfg, class_freq=class_freq, num_train=num_train, gather=gather)
+    return LOSSES[cfg.method].build(cfg, class_freq=class_freq, num_train=num_train, gather=gather, shares=shares)

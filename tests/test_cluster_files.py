@@ -333,7 +333,6 @@ OVERRIDE = re.compile(r"(?<![\w.$])((?:data|model|loss|train|eval)\.[a-z_]+)=(\[
 # Shell variables the documented commands use, as their own text sets them (A1's `for split in
 # train val`; the dry run's $PWD is the checkout).
 SHELL_VARS = {"split": "train", "PWD": str(ROOT)}
-UNEVEN = "must split evenly over every worker count"
 
 
 @dataclass(frozen=True)
@@ -341,13 +340,6 @@ class Documented:
     where: str                   # file:line
     argv: tuple | None           # after `python launch.py`; None: overrides written outside a command
     overrides: tuple = ()
-
-    @property
-    def elastic_range(self) -> bool:
-        """The ranges the old "global batch must split evenly" rule refuses with configs/voc.yaml."""
-        args = self.argv if self.argv is not None else self.overrides
-        ranges = {re.sub(r"\s", "", a) for a in args if a.startswith("train.num_workers=[")}
-        return bool(ranges & {"train.num_workers=[4,8]", "train.num_workers=[2,4]"})
 
 
 def _command(text: str, where: str) -> Documented | None:
@@ -462,14 +454,7 @@ DOCUMENTED = _documented()
 
 def _case(doc: Documented):
     label = " ".join(doc.argv if doc.argv is not None else doc.overrides)
-    marks = [pytest.mark.xfail(strict=False, raises=UnevenSplitRule,
-                               reason="the old rule that the global batch splits evenly over every worker "
-                                      "count refuses this range; it is being removed")] if doc.elastic_range else []
-    return pytest.param(doc, id=f"{doc.where} {label.replace('[', '(').replace(']', ')')}", marks=marks)
-
-
-class UnevenSplitRule(Exception):
-    """load_config refused an elastic range with the old "must split evenly" rule."""
+    return pytest.param(doc, id=f"{doc.where} {label.replace('[', '(').replace(']', ')')}")
 
 
 def _selected_configs() -> dict[str, str]:
@@ -494,7 +479,7 @@ def test_the_documents_have_commands():
 @pytest.mark.parametrize("doc", [_case(d) for d in DOCUMENTED])
 def test_documented_command_parses_and_loads(doc, monkeypatch, capsys):
     import launch
-    from edge_ray.config import ConfigError, load_config
+    from edge_ray.config import load_config
 
     monkeypatch.chdir(ROOT)  # relative paths as in the checkout (and in a job's working dir)
     if doc.argv is None:
@@ -509,9 +494,4 @@ def test_documented_command_parses_and_loads(doc, monkeypatch, capsys):
             return
         config, overrides = args.config, list(args.overrides)
         config = _selected_configs().get(config, config)
-    try:
-        load_config(config, overrides)
-    except ConfigError as err:
-        if UNEVEN in str(err):
-            raise UnevenSplitRule(str(err)) from None
-        raise
+    load_config(config, overrides)

@@ -77,3 +77,21 @@ def test_gpu_input_and_compile_mode_values_are_checked():
                       ({"model": {"compile_mode": "fast"}}, "model.compile_mode")):
         with pytest.raises(ConfigError, match=word):
             validate(from_dict(bad))
+
+
+@pytest.mark.parametrize("config, workers", [("configs/voc.yaml", "[4, 8]"), ("configs/voc.yaml", "[2, 4]"),
+                                             ("configs/tiny.yaml", "[2, 3]")])
+def test_documented_elastic_ranges_load_and_split_at_every_size(config, workers):
+    """An elastic range loads whatever its sizes: the global batch (data.batch_size x the most
+    workers) splits over every world size in it, ranks differing by one image at most."""
+    from edge_ray.config import batches_for, global_batches, worker_range
+
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / config, [f"train.num_workers={workers}"])
+    low, high = worker_range(cfg)
+    ids, oes = global_batches(cfg)
+    for world in range(low, high + 1):
+        id_b, oe_b = batches_for(cfg, world)
+        assert len(id_b) == len(oe_b) == world and sum(id_b) == ids and sum(oe_b) == oes
+        assert max(id_b) - min(id_b) <= 1 and min(id_b) >= cfg.data.batch_size

@@ -182,6 +182,41 @@ def test_plan_partitions_exactly(n, sizes, batch, world, workers):
         assert len(seen) == len(set(seen)) == steps * batch * world
 
 
+@pytest.mark.parametrize("n,total,world,workers", [(51, 7, 2, 2), (100, 21, 2, 3), (100, 21, 3, 1), (60, 10, 4, 2)])
+def test_uneven_rank_batches_partition_exactly(n, total, world, workers):
+    """A global batch the world size does not divide: ranks' batches differ by one, each
+    rank reads steps x its batch, all of them disjoint, steps = n // the global batch."""
+    from edge_ray.config import split_batch
+
+    sizes = split_batch(total, world)
+    assert sum(sizes) == total and max(sizes) - min(sizes) <= 1
+    steps = steps_per_epoch(n, total, 1)
+    for epoch in range(2):
+        _, offset = plan.epoch_order(3, n, seed=0, epoch=epoch)
+        seen = []
+        for rank in range(world):
+            pos = [plan.train_positions(n, steps, sizes[rank], offset, rank, w, workers, sizes)
+                   for w in range(workers)]
+            assert sum(len(p) for p in pos) == steps * sizes[rank]
+            seen += [int(x) for p in pos for x in p]
+        assert len(seen) == len(set(seen)) == steps * total
+
+
+def test_uneven_loaders_cover_every_planned_sample_once(sets):
+    id_index, oe_index = sets
+    sizes = [4, 3]  # a global batch of 7 over 2 ranks: 51 // 7 = 7 steps on each
+    per_rank = [list(train_loader(id_index, oe_index, batch_size=sizes[r], rank_batches=sizes, oe_batch_size=2,
+                                  image_size=8, epoch=0, seed=0, rank=r, world_size=2, num_workers=2,
+                                  return_keys=True)) for r in (0, 1)]
+    assert [len(b) for b in per_rank] == [7, 7]
+    assert [{b[0].shape[0] for b in batches} for batches in per_rank] == [{4}, {3}]
+    keys = keys_of(per_rank[0]) + keys_of(per_rank[1])
+    assert len(keys) == len(set(keys)) == 7 * 7
+    with pytest.raises(ValueError, match="rank_batches"):
+        train_loader(id_index, oe_index, batch_size=4, rank_batches=[3, 4], oe_batch_size=2, image_size=8,
+                     epoch=0, seed=0, rank=0, world_size=2, num_workers=0)
+
+
 def test_eval_every_sample_once_in_order(sets):
     id_index, oe_index = sets
     outputs = []

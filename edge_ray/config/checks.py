@@ -4,10 +4,8 @@ checked by the driver before Ray starts (``train.ray_trainer.check_inputs``)."""
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import fields
 
-from edge_ray.config.elastic import worker_range
 from edge_ray.config.schema import Config, ConfigError
 
 
@@ -77,13 +75,9 @@ def validate(cfg: Config) -> Config:
     problems = _field_problems(cfg, "choices") + _field_problems(cfg, "check") + _combination_problems(cfg)
     if problems:
         raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
-    low, high = worker_range(cfg)
-    uneven = [w for w in range(low, high + 1) if (cfg.data.batch_size * high) % w or (cfg.data.oe_batch_size * high) % w]
-    if uneven:
-        raise ConfigError(f"train.num_workers=[{low}, {high}]: the global batches (data.batch_size x {high} = "
-                          f"{cfg.data.batch_size * high}, data.oe_batch_size x {high} = {cfg.data.oe_batch_size * high}) "
-                          f"must split evenly over every worker count, not over {uneven}; pick batch sizes "
-                          f"that make them multiples of {math.lcm(*range(low, high + 1))}")
+    # An elastic run splits its global batch (data.batch_size x the most workers) over any
+    # world size in its range, unevenly where it must (elastic.batches_for): the smallest
+    # rank batch is data.batch_size, at the most workers.
     if cfg.loss.method == "edge" and cfg.loss.k > cfg.data.batch_size:
         raise ConfigError(f"loss.k={cfg.loss.k} is larger than the per-rank ID batch "
                           f"data.batch_size={cfg.data.batch_size}; lower loss.k or raise the batch")

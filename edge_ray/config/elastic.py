@@ -15,17 +15,32 @@ def is_elastic(cfg: Config) -> bool:
     return low < high
 
 
-def batches_for(cfg: Config, world_size: int) -> tuple[int, int]:
-    """Per-rank (ID, OE) batch at ``world_size`` workers. The global batches are held at
-    ``data.batch_size`` / ``data.oe_batch_size`` times ``train.num_workers`` (the most
-    workers): with fewer, each rank takes a larger share, so the optimisation (global batch,
-    steps per epoch, learning-rate schedule) does not depend on how many survived."""
+def global_batches(cfg: Config) -> tuple[int, int]:
+    """The (ID, OE) images of one optimisation step over all ranks: ``data.batch_size`` and
+    ``data.oe_batch_size`` times ``train.num_workers`` (the most workers), whatever the world
+    size, so the optimisation (global batch, steps per epoch, learning-rate schedule) does not
+    depend on how many workers survived."""
     high = cfg.train.num_workers
-    ids, oes = cfg.data.batch_size * high, cfg.data.oe_batch_size * high
-    if ids % world_size or oes % world_size:
-        raise ConfigError(f"the global batches {ids} (ID) and {oes} (OE) do not split over {world_size} workers; "
-                          "choose data.batch_size / data.oe_batch_size so they do (validate() checks every size)")
-    return ids // world_size, oes // world_size
+    return cfg.data.batch_size * high, cfg.data.oe_batch_size * high
+
+
+def split_batch(total: int, world_size: int) -> list[int]:
+    """``total`` split over ``world_size`` ranks as evenly as it goes (the first ``total %
+    world_size`` ranks take one more)."""
+    if world_size < 1 or total < world_size:
+        raise ConfigError(f"a global batch of {total} cannot give each of {world_size} workers an image")
+    base, extra = divmod(int(total), int(world_size))
+    return [base + (r < extra) for r in range(world_size)]
+
+
+def batches_for(cfg: Config, world_size: int) -> tuple[list[int], list[int]]:
+    """Every rank's (ID, OE) batch at ``world_size`` workers: the global batches split as
+    evenly as they go, so ranks differ by one image at most when the world size does not
+    divide them. Each rank's loss terms are weighted by its share of the global batch
+    (``losses.Shares``): one step at any world size is the step of one process holding the
+    whole global batch."""
+    ids, oes = global_batches(cfg)
+    return split_batch(ids, world_size), split_batch(oes, world_size)
 
 
 def gap_scope(cfg: Config) -> str:

@@ -80,7 +80,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                  oe_batch_size: int, epoch: int, seed: int, rank: int, world_size: int,
                  num_workers: int, augment: Augment | None = None,
                  device_input: DeviceInput | None = None, shuffle_buffer: int = 1000,
-                 return_keys: bool = False, decoded_cache_mb: float = 0, **fields) -> "TrainLoader":
+                 return_keys: bool = False, decoded_cache_mb: float = 0, rank_batches=None,
+                 **fields) -> "TrainLoader":
     """One rank's training batches for `epoch`: iterate to get exactly `len(loader)` tuples
     `(x_id float[B,3,S,S], y_id float[B,C] multi-hot, x_oe float[B_oe,3,S,S])`
     (plus `keys_id: list[str]` when `return_keys`). Call `set_epoch` to reuse it.
@@ -94,6 +95,9 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
     instead of decoding the bytes again: the same pixels, the same batches. For sets whose
     decoded images fit in memory (the embedded benchmark's 32 px canvases: 18 MB); worker
     processes end with their epoch, so with `num_workers > 0` it does nothing.
+    `rank_batches`: every rank's ID batch when they differ (an elastic run's global batch
+    split over a world size that does not divide it, `config.split_batch`); `batch_size` is
+    this rank's. Steps per epoch are then the set's samples // their sum on every rank.
     """
     aug, inp = _options(augment, device_input, fields)
     _check_role(id_index, "id")
@@ -113,7 +117,8 @@ def train_loader(id_index: ShardIndex, oe_index: ShardIndex | None, *, batch_siz
                                   mean=aug.mean, std=aug.std),
         shuffle_buffer=shuffle_buffer, return_keys=return_keys, packed=decode_on is not None,
         cpu_share=inp.cpu_decode_share,
-        cache=DECODED.sized(decoded_cache_mb) if decoded_cache_mb > 0 and num_workers == 0 else None)
+        cache=DECODED.sized(decoded_cache_mb) if decoded_cache_mb > 0 and num_workers == 0 else None,
+        rank_batches=rank_batches)
     decoder = None if decode_on is None else gpu.BatchDecoder(aug.image_size, aug.mean, aug.std, decode_on,
                                                               batched=inp.gpu_crops == "batched")
     pin_memory = inp.pin_memory

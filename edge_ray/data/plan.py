@@ -14,9 +14,10 @@ Training split (why contiguous ranges, not shards and not `i % world`):
     shards its range overlaps (≈ 1/(world*workers) of the bytes, plus at most two
     partial shards). A seeded per-epoch rotation moves the range boundaries, so
     with few shards the ranks still see different samples every epoch.
-Every rank takes exactly `steps * batch_size` positions, disjoint from the others',
-so each sample is read at most once per epoch and every rank runs `steps` steps;
-which samples a rank gets does not depend on its number of DataLoader workers.
+Every rank takes exactly `steps * batch_size` positions (its own batch size: ranks of an
+elastic run may differ by one, `config.split_batch`), disjoint from the others', so each sample is
+read at most once per epoch and every rank runs `steps` steps, `steps` = samples // the
+global batch; which samples a rank gets does not depend on its number of DataLoader workers.
 This replaces webdataset's `split_by_node` + `with_epoch` recipe (ARCHITECTURE.md, "Ray 2.60 facts"):
 same guarantees, without the starved-rank case.
 """
@@ -59,16 +60,17 @@ def worker_quota(steps: int, worker: int, num_workers: int) -> int:
 
 
 def train_positions(num_samples: int, steps: int, batch_size: int, offset: int,
-                    rank: int, worker: int, num_workers: int) -> np.ndarray:
+                    rank: int, worker: int, num_workers: int, rank_batches=None) -> np.ndarray:
     """Positions (in the shuffled shard order) read by one training worker, in order.
 
-    Rank r owns the rotated range [r*steps*B, (r+1)*steps*B); inside it each worker
-    gets a contiguous block of exactly quota*B positions, so every worker can fill
-    its quota and the rank's worker quotas add up to `steps`.
+    With every rank's batch ``rank_batches`` (default: ``batch_size`` on each), rank r owns
+    the rotated range starting at ``steps * sum(rank_batches[:r])``, ``steps * B_r`` long;
+    inside it each worker gets a contiguous block of exactly quota*B_r positions, so every
+    worker can fill its quota and the rank's worker quotas add up to `steps`.
     """
-    per_rank = steps * batch_size
+    before_ranks = rank * batch_size if rank_batches is None else int(sum(rank_batches[:rank]))
     before = sum(worker_quota(steps, w, num_workers) for w in range(worker))
-    start = rank * per_rank + before * batch_size
+    start = steps * before_ranks + before * batch_size
     count = worker_quota(steps, worker, num_workers) * batch_size
     return (offset + start + np.arange(count, dtype=np.int64)) % num_samples
 

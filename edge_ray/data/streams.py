@@ -30,7 +30,7 @@ class _TrainStream(IterableDataset):
 
     def __init__(self, id_index, oe_index, *, batch_size, oe_batch_size, epoch, seed, rank,
                  world_size, num_workers, transform, shuffle_buffer, return_keys, packed=False,
-                 cpu_share=0.0, cache=None):
+                 cpu_share=0.0, cache=None, rank_batches=None):
         self.id_index, self.oe_index, self.transform = id_index, oe_index, transform
         self.batch_size, self.oe_batch_size = int(batch_size), int(oe_batch_size)
         if self.oe_batch_size < 1:
@@ -40,7 +40,15 @@ class _TrainStream(IterableDataset):
         self.packed = packed  # yield `gpu.PackedBatch`es for the GPU stage instead of pixels
         self.cpu_share = cpu_share  # of each packed batch: decoded here by PIL (`gpu.pack_batch`)
         self.cache = cache  # DecodedCache: decoded images kept between epochs (in-process only)
-        self.steps = steps_per_epoch(id_index.num_samples, self.batch_size, world_size)
+        # every rank's ID batch (an elastic run's may differ by one): the epoch has as many
+        # steps as the set fills global batches, and rank r reads after ranks 0..r-1
+        self.rank_batches = tuple(int(b) for b in rank_batches) if rank_batches is not None \
+            else (self.batch_size,) * world_size
+        if len(self.rank_batches) != world_size or self.rank_batches[rank] != self.batch_size:
+            raise ValueError(f"rank_batches={list(self.rank_batches)} must list {world_size} ranks' batches, "
+                             f"rank {rank}'s being batch_size={self.batch_size}")
+        self.steps = steps_per_epoch(id_index.num_samples, sum(self.rank_batches), 1) if rank_batches is not None \
+            else steps_per_epoch(id_index.num_samples, self.batch_size, world_size)
 
     def __iter__(self):
         """The CPU decode stage over `record_batches`, or the worker half of the GPU one
@@ -74,7 +82,7 @@ class _TrainStream(IterableDataset):
         perm, offset = plan.epoch_order(len(index.shards), index.num_samples, self.seed, self.epoch)
         shards = [index.shards[i] for i in perm]
         positions = plan.train_positions(index.num_samples, self.steps, self.batch_size, offset,
-                                         self.rank, worker, self.num_workers)
+                                         self.rank, worker, self.num_workers, self.rank_batches)
         records = read_positions([u for u, _ in shards], [n for _, n in shards], positions)
         gen = plan.rng(self.seed, self.epoch, plan.ID_SHUFFLE, self.rank, worker)
         return plan.shuffled(records, self.shuffle_buffer, gen)

@@ -2,6 +2,8 @@
 learning-rate schedule, from the config's sections."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -11,12 +13,13 @@ from edge_ray.train.recipes import resolve_train
 
 
 def make_loss_fn(cfg: LossConfig, *, class_freq=None, num_train: int | None = None,
-                 gap_scope: str = "rank"):
+                 gap_scope: str = "rank", id_batches=None, shares: losses.Shares = losses.NO_SHARES):
     """``fn(logits_id, targets, logits_oe, epoch) -> dict`` for ``cfg.method`` (``losses.LOSSES``;
     EDGE's tau schedule is in its entry). ``gap_scope="global"``: EDGE's bottom-k over every DDP
-    rank's ID batch (``config.gap_scope``)."""
-    gather = losses.gather_energies if gap_scope == "global" else None
-    return losses.build_loss(cfg, class_freq=class_freq, num_train=num_train, gather=gather)
+    rank's ID batch (``config.gap_scope``), whose sizes ``id_batches`` gives when they differ;
+    ``shares``: this rank's weights in the global batch (``losses.Shares``)."""
+    gather = functools.partial(losses.gather_energies, sizes=id_batches) if gap_scope == "global" else None
+    return losses.build_loss(cfg, class_freq=class_freq, num_train=num_train, gather=gather, shares=shares)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, method: str = "") -> torch.optim.Optimizer:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edge_ray import storage
 from edge_ray.train import builders, loop
 from edge_ray.evaluate import forward
-from edge_ray.losses import LOSSES
+from edge_ray.losses import LOSSES, Shares
 from edge_ray.train.checkpoint import checkpoint_folders, latest_checkpoint, load_checkpoint, save_checkpoint
 from edge_ray.config import batches_for, from_dict, gap_scope
 from edge_ray.data import EvalCache, load_index, train_loader
@@ -85,6 +85,24 @@ def _gather_steps(steps: int, device) -> list[int]:
     out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t)
     return [int(x.item()) for x in out]
+
+
+# Epoch statistics that are means over OE samples, computed unweighted on each rank: their
+# global mean weights each rank by its OE share. (The loss parts arrive weighted already.)
+OE_DIAGNOSTICS = ("gap_active", "energy_oe")
+PER_RANK_STATS = ("steps", "images", "seconds", "images_per_s", "data_wait_s", "sync_wait_s")
+
+
+def _global_means(stats: dict, shares: Shares, device) -> dict:
+    """The epoch's loss parts and diagnostics as means over the global batch (every rank's
+    share-weighted values averaged); throughput and timings stay this rank's."""
+    keys = [k for k in stats if k not in PER_RANK_STATS]
+    if not dist.is_initialized() or not keys:
+        return stats
+    weights = [shares.oe if k in OE_DIAGNOSTICS else 1.0 for k in keys]
+    t = torch.tensor([stats[k] * w for k, w in zip(keys, weights)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {**stats, **dict(zip(keys, (t / dist.get_world_size()).tolist()))}
 
 
 def _gather_nodes() -> list[str]:
@@ -170,13 +188,17 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     if cfg.model.compile:
         model = torch.compile(model, mode=None if cfg.model.compile_mode == "default" else cfg.model.compile_mode)
 
-    # The global batches are fixed; this world size's share of them (config.batches_for).
-    id_batch, oe_batch = batches_for(cfg, world)
+    # The global batches are fixed; every rank's part of them at this world size, differing by
+    # one image at most, and the weights that make the step the global batch's (config.batches_for)
+    id_batches, oe_batches = batches_for(cfg, world)
+    id_batch, oe_batch = id_batches[rank], oe_batches[rank]
+    shares = Shares.of(rank, id_batches, oe_batches)
 
     def loader_for(epoch):
         # decode="gpu" yields batches already on `device` (nvJPEG + GPU crops); engine's
         # move to the device is then a no-op. Without CUDA it falls back to CPU decode.
-        return train_loader(id_index, oe_index, batch_size=id_batch, return_keys=cfg.train.audit_keys,
+        return train_loader(id_index, oe_index, batch_size=id_batch, rank_batches=id_batches,
+                            return_keys=cfg.train.audit_keys,
                             oe_batch_size=oe_batch, image_size=cfg.data.image_size,
                             epoch=epoch, seed=cfg.train.seed, rank=rank, world_size=world,
                             num_workers=cfg.data.loader_workers, hflip=cfg.data.hflip,
@@ -194,7 +216,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     opt = builders.make_optimizer(model, cfg.train, cfg.loss.method)
     sched = builders.make_scheduler(opt, cfg.train, steps, cfg.loss.method)
     loss_fn = builders.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples,
-                                  gap_scope=gap_scope(cfg))
+                                    gap_scope=gap_scope(cfg), id_batches=id_batches, shares=shares)
     opts = loop.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
                               channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
@@ -218,7 +240,8 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         keys: list[str] = []
         batches = _keys_into(loader, keys) if cfg.train.audit_keys else loader
         stats = loop.train_epoch(model, batches, loss_fn, opt, sched, epoch=epoch,
-                                   opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
+                                 opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
+        stats = _global_means(stats, shares, device)
         if cfg.train.audit_keys:
             storage.write_json(storage.join(run, "sample_keys", f"epoch{epoch + 1:04d}-attempt{resumes}-rank{rank}"
                                                                 f"-of{world}.json"), keys)
@@ -228,7 +251,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in stats.items()}, **inputs,
                    "steps_per_rank": _gather_steps(stats["steps"], device), "lr": sched.get_last_lr()[0],
                    "beta_active": cfg.loss.method == "edge" and epoch >= cfg.loss.tau,
-                   "resumes": resumes, "world_size": world, "nodes": nodes, "id_batch_per_rank": id_batch,
+                   "resumes": resumes, "world_size": world, "nodes": nodes, "id_batch_per_rank": id_batches,
                    "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
         if rank == 0 and cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0:
             metrics.update(_validate(model, cfg, device, val_cache))
