@@ -298,7 +298,8 @@ def rows(results: dict) -> list[tuple[str, str, dict]]:
                 c))
     for variant, r in a.get("in_process", {}).items():
         out.append((f"d_{variant}", f"(d) no Ray: compiled step + GPU-decode loader, {variant}", r))
-    out.append(("e_decode_only", "(e) GPU-decode loader alone, no training", a.get("decode_only", {})))
+    if "decode_only" in a:
+        out.append(("e_decode_only", "(e) GPU-decode loader alone, no training", a["decode_only"]))
     f = results.get("f_cpu_input", {})
     if f:
         out.append(("f_cpu_input", f"(f) CPU-decode input alone, predicted for {f.get('node_workers')} loader "

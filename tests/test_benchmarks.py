@@ -2,6 +2,9 @@
 this CPU box mean nothing; the structure of what they report does)."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -52,15 +55,16 @@ def test_predict_smoke(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_throughput_smoke(ray_local, tmp_path):
-    """Every part (a, b, c, each (d) variant, e) runs and reports a rate, (c) runs the
-    fastest (d) arrangement, the profile is written; the target is not judged on a CPU."""
-    report = throughput.main(["--smoke", "--json", str(tmp_path / "t.json"), "--profile-dir", str(tmp_path / "prof"),
-                              "--compile-modes", "default,reduce-overhead"])
+    """Parts a, c, each (d) variant, e and f run and report a rate, (c) runs the fastest (d)
+    arrangement, the profile is written; the target is not judged on a CPU. ((b) runs in
+    the acceptance script's test below.)"""
+    report = throughput.main(["--smoke", "--parts", "f,a,d,c", "--json", str(tmp_path / "t.json"),
+                              "--profile-dir", str(tmp_path / "prof"), "--compile-modes", "default,reduce-overhead"])
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     for key, rate in report["summary"]["img_per_s"].items():
         assert finite_positive(rate), (key, rate)
-    for key in ("a_synthetic", "b_ray_cpu_decode", "c_ray_gpu_decode"):
+    for key in ("a_synthetic", "c_ray_gpu_decode"):
         assert "error" not in report["results"][key], report["results"][key]
     assert report["summary"]["target"]["met"] is None
     assert finite_positive(report["summary"]["img_per_s"]["a_compiled_reduce-overhead"])
@@ -91,6 +95,28 @@ def test_throughput_smoke(ray_local, tmp_path):
     epochs = report["results"]["c_ray_gpu_decode"]["epochs"]
     assert epochs and all(e["data_wait_s"] is not None and e["data_wait_s"] >= 0 for e in epochs)
     assert ray_local.is_initialized()
+
+
+@pytest.mark.slow
+def test_device_acceptance_script_dry_run(tmp_path):
+    """benchmarks/device_run.sh --smoke: the GPU acceptance run's whole flow, tiny, on the CPU:
+    (a) compiled step, (c) Ray Train + GPU decode (the CPU fallback here), (b) Ray Train + CPU
+    decode, (f) the predicted feed, each with its ratio to (a), in one JSON and one table."""
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run(["bash", "benchmarks/device_run.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "acceptance.json").read_text())
+    rates, ratios = report["summary"]["img_per_s"], report["summary"]["ratio_to_a_compiled"]
+    for key in ("a_compiled", "b_ray_cpu_decode", "c_ray_gpu_decode", "f_cpu_input"):
+        assert finite_positive(rates[key]) and ratios[key] == pytest.approx(rates[key] / rates["a_compiled"]), key
+    assert report["results"]["f_cpu_input"]["project"]["predicted_feed_img_s"] == rates["f_cpu_input"]
+    table = (tmp_path / "acceptance.txt").read_text()
+    assert "| (c) Ray Train worker, GPU decode, serial/batched |" in table and "× (a) compiled" in table
+    assert "device_run.sh finished" in run.stdout and (tmp_path / "env.txt").is_file()
 
 
 def test_trace_summary_against_a_brute_force_timeline(tmp_path):
