@@ -90,12 +90,11 @@ def check_inputs(cfg: Config) -> dict:
 
 
 def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> TorchTrainer:
-    # Read by Ray Train from the driver's environment (it passes it to its controller): after
-    # a node loss the capacity Ray reports can be stale for a few seconds, and a group sized
-    # for it waits this long before Ray Train tries again with what is really there.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{cfg.train.start_timeout_s:g}"
     """The TorchTrainer of one run; its config (what the checkpoints record) has the
     method's training recipe resolved, so a rerun compares what was actually trained."""
+    # Read by Ray Train from the driver's environment (it passes it to its controller): how
+    # long a worker group may take to start before Ray Train tries again.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{cfg.train.start_timeout_s:g}"
     cfg = resolve_recipe(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
@@ -119,11 +118,31 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
 
 
 class _Trainer(TorchTrainer):
-    """Ray Train's TorchTrainer without two helper actors this project never needs (each a
-    process to start per run):
-    the DatasetManager of Ray Datasets (the workers stream WebDataset shards; no Ray Dataset
-    is passed) and, on a Ray this process started, the PlacementGroupCleaner, which frees a
-    dead controller's placement group: that Ray ends with its driver."""
+    """Ray Train's TorchTrainer with an elastic group sized for the live nodes
+    (``ray_elastic.LiveNodesElasticPolicy``) and without two helper actors this project never
+    needs (each a process to start per run): the DatasetManager of Ray Datasets (the workers
+    stream WebDataset shards; no Ray Dataset is passed) and, on a Ray this process started,
+    the PlacementGroupCleaner, which frees a dead controller's placement group: that Ray
+    ends with its driver."""
+
+    def fit(self):
+        """``TorchTrainer.fit`` (Ray 2.60's body) with this project's elastic policy."""
+        if self.running_in_local_mode or not self.scaling_config.elasticity_enabled:
+            return super().fit()
+        from ray.train.v2._internal.execution.failure_handling import create_failure_policy
+        from ray.train.v2._internal.util import ObjectRefWrapper
+
+        from edge_ray.train.ray_elastic import LiveNodesElasticPolicy
+
+        result = self._initialize_and_run_controller(
+            train_fn_ref=ObjectRefWrapper(self._get_train_func()),
+            scaling_policy=LiveNodesElasticPolicy(scaling_config=self.scaling_config),
+            failure_policy=create_failure_policy(self.run_config.failure_config),
+            train_run_context=self.train_run_context, callbacks=self._create_default_callbacks(),
+            validation_config=self.validation_config)
+        if result.error:
+            raise result.error
+        return result
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
