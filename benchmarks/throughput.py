@@ -292,7 +292,8 @@ def rows(results: dict) -> list[tuple[str, str, dict]]:
            ("a_compiled", "(a) synthetic, torch.compile", a.get("compiled", {}))]
     out += [(f"a_{key}", f"(a) synthetic, torch.compile {key.partition('_')[2]}", r)
             for key, r in a.items() if key.startswith("compiled_")]
-    out.append(("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode", results.get("b_ray_cpu_decode", {})))
+    if "b_ray_cpu_decode" in results:  # the parts that ran (--parts): (b) may not have
+        out.append(("b_ray_cpu_decode", "(b) Ray Train worker, CPU decode", results["b_ray_cpu_decode"]))
     c = results.get("c_ray_gpu_decode", {})
     out.append(("c_ray_gpu_decode", "(c) Ray Train worker, GPU decode" + (f", {c['variant']}" if c.get("variant") else ""),
                 c))
