@@ -17,7 +17,7 @@ from edge_ray.evaluate.pipeline import eval_options, evaluate, open_sets
 from edge_ray.detector.export import export_detector
 from tests.fixtures_shards import read_shards, truncated_jpeg
 
-SCORES = ["jointenergy", "maxlogit", "msp", "energy", "maxenergy", "mahalanobis", "react", "vim", "ash", "odin"]
+SCORES = ["jointenergy", "maxlogit", "msp", "energy", "maxenergy", "mahalanobis", "react", "vim", "ash", "odin", "knn"]
 
 
 def id_images(shard_dir):

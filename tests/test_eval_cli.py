@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import ROOT
 
-ALL = ["maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy"]
+ALL = ["maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy", "knn"]
 
 
 def _eval(*args):

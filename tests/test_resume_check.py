@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edge_ray.config import ConfigError, from_dict
-from edge_ray.train.recipes import resolve_recipe
+from edge_ray.train.recipes import resolve_run
 from edge_ray.train.ray_trainer import check_resume, config_changes, run_dir
 
 
@@ -22,7 +22,7 @@ def save_run(cfg, stamp="2026-11-26_10-00-00.000000"):
     """A run folder as Ray Train leaves it, reduced to what the check reads."""
     ckpt = Path(run_dir(cfg)) / f"checkpoint_{stamp}"
     ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_text(json.dumps(resolve_recipe(cfg).to_dict()))  # as build_trainer does
+    (ckpt / "config.json").write_text(json.dumps(resolve_run(cfg).to_dict()))  # as build_trainer does
     return ckpt.parent, ckpt
 
 

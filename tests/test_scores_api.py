@@ -5,8 +5,8 @@ import pytest
 from edge_ray.scores import SCORES, FitData, build_scorer
 
 NAMES = ["maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash",
-         "maxenergy", "jointenergy"]
-STATEFUL = ["mahalanobis", "react", "vim", "ash"]
+         "maxenergy", "jointenergy", "knn"]
+STATEFUL = ["mahalanobis", "react", "vim", "ash", "knn"]
 
 
 def fit_data(n=120, d=16, c=4, seed=0):

@@ -32,15 +32,19 @@ def choice_error(value, key: str, options) -> str | None:
 
 
 def _field_problems(cfg: Config, kind: str) -> list[str]:
-    """The problems the fields' own rules find: ``kind`` "choices" (names) or "check" (ranges)."""
+    """The problems the fields' own rules find: ``kind`` "choices" (names), "problem" (a
+    module's own judgement, ``schema.checked_by``) or "check" (ranges)."""
     problems = []
     for section in fields(cfg):
         sub = getattr(cfg, section.name)
         for f in fields(sub):
             value, meta = getattr(sub, f.name), f.metadata
-            if kind not in meta or value is None:  # None: an unset train key (the method's recipe)
+            if kind not in meta or value is None:  # None: an unset key (the method's recipe, ...)
                 continue
             key = f"{section.name}.{f.name}"
+            if kind == "problem":
+                problems.append(meta["problem"]()(value, key))
+                continue
             if kind == "check":
                 if not meta["check"](value):
                     problems.append(f"{key} {meta['what']}, got {value}")
@@ -63,8 +67,9 @@ def _combination_problems(cfg: Config) -> list[str]:
          f"train.gpus_per_worker must be > 0 with train.use_gpu, got {t.gpus_per_worker}"),
         (hi_crop is not None and len(d.crop_scale) == 2 and 0 < float(lo_crop) <= float(hi_crop) <= 1,
          f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}"),
-        (len(d.mean) == 3 and len(d.std) == 3 and all(float(x) > 0 for x in d.std),
-         f"data.mean and data.std need 3 values each, std > 0; got {list(d.mean)} and {list(d.std)}"),
+        ((d.mean is None or len(d.mean) == 3) and (d.std is None or (len(d.std) == 3 and all(float(x) > 0 for x in d.std))),
+         f"data.mean and data.std need 3 values each (or none: the backbone's own), std > 0; "
+         f"got {d.mean and list(d.mean)} and {d.std and list(d.std)}"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -72,7 +77,8 @@ def _combination_problems(cfg: Config) -> list[str]:
 def validate(cfg: Config) -> Config:
     """Names (with the closest valid one), ranges and combinations; the first problem is
     raised as one line, with the count of the others."""
-    problems = _field_problems(cfg, "choices") + _field_problems(cfg, "check") + _combination_problems(cfg)
+    problems = (_field_problems(cfg, "choices") + _field_problems(cfg, "problem") + _field_problems(cfg, "check")
+                + _combination_problems(cfg))
     if problems:
         raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
     # An elastic run splits its global batch (data.batch_size x the most workers) over any

@@ -62,9 +62,9 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> Config:
     if section == "train" and key == "num_workers":
         return replace(cfg, train=_worker_range(sub, value))
     default = getattr(sub, key)
-    if "unset" in spec[key].metadata:  # may stay unset (null): the method's recipe
+    if "unset" in spec[key].metadata:  # may stay unset (null): the method's recipe, the backbone's mean/std
         if value is None:
-            return replace(cfg, train=replace(sub, **{key: None}))
+            return replace(cfg, **{section: replace(sub, **{key: None})})
         default = spec[key].metadata["unset"]  # coerce as the type it has when set
     value = _coerce(section, key, value, default)
     return replace(cfg, **{section: replace(sub, **{key: value})})

@@ -2,10 +2,12 @@
 
 A rule sits beside its field, in the field's metadata: ``at_least`` / ``above`` / ``within``
 for numbers (``checks.validate`` says ``<section>.<key> <what>, got <value>``), ``one_of``
-for names (with the closest valid one). The valid names of a choice belong to the module
-that uses them (``losses.LOSSES``, ``models.BACKBONES``, ``data.gpu.GPU_FEEDERS``, ...);
-``names_of`` reads them when the config is checked, so importing this module stays free
-of torch. Rules between fields are in ``checks.py``.
+for names (with the closest valid one), ``checked_by`` for a value a module judges itself
+(``model.name``: ``models.backbone_problem``, which asks timm about ``timm:<name>``). The
+valid names of a choice belong to the module that uses them (``losses.LOSSES``,
+``models.BACKBONES``, ``data.gpu.GPU_FEEDERS``, ...); ``names_of`` reads them when the config
+is checked, so importing this module stays free of torch. Rules between fields are in
+``checks.py``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ GAP_SCOPES = ("auto", "rank", "global")
 PLACEMENTS = ("pack", "spread")  # Ray placement strategies PACK / SPREAD for the Train workers
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
+AMP_DTYPES = ("auto", "bf16", "fp16")  # train.amp_dtype (train/loop.py: amp_dtype)
 
 
 def rule(check, what: str, **extra) -> dict:
@@ -48,8 +51,16 @@ def names_of(module: str, name: str):
 
 
 def unset_or(kind, meta: dict) -> dict:
-    """A train key that may stay unset (None: the method's recipe); set, it has type ``kind``."""
+    """A key that may stay unset (None: the method's recipe, the backbone's normalisation);
+    set, it has type ``kind``."""
     return {**meta, "unset": kind}
+
+
+def checked_by(module: str, name: str) -> dict:
+    """Field metadata: ``module.name(value, key)`` returns the value's problem (one line, with
+    the closest valid value) or None; read when a config is checked (it may import what it
+    needs, e.g. timm for a ``timm:`` backbone)."""
+    return {"problem": lambda: getattr(importlib.import_module(module), name)}
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,10 @@ class DataConfig:
     decoded_cache_mb: int = field(default=0, metadata=at_least(0, "must be >= 0 (0: off)"))
     hflip: bool = True
     crop_scale: tuple = (0.5, 1.0)  # checks.py: [min, max] within (0, 1]
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
+    # unset (null) = the backbone's own (models.normalization: timm's pretrained_cfg, else
+    # ImageNet's), filled in where the run is built, so checkpoints record the values used
+    mean: tuple | None = field(default=None, metadata=unset_or((), {}))
+    std: tuple | None = field(default=None, metadata=unset_or((), {}))
     # "cpu" or "gpu" (nvJPEG, falls back to cpu)
     decode: str = field(default="cpu", metadata=one_of(names_of("edge_ray.data.gpu", "DECODERS")))
     gpu_feeder: str = field(default="serial", metadata=one_of(names_of("edge_ray.data.gpu", "GPU_FEEDERS")))
@@ -81,9 +94,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # resnet50 | vgg16 | densenet121 | smallcnn
-    name: str = field(default="resnet50", metadata=one_of(names_of("edge_ray.models", "BACKBONES")))
-    weights: str = ""             # torchvision weights name (e.g. IMAGENET1K_V2) or a local .pth
+    # resnet50 | vgg16 | densenet121 | smallcnn | timm:<any timm model> (e.g. timm:vit_small_patch16_224)
+    name: str = field(default="resnet50", metadata=checked_by("edge_ray.models", "backbone_problem"))
+    # torchvision weights name (e.g. IMAGENET1K_V2) or a local .pth; timm: "pretrained" (a download) or a local file
+    weights: str = ""
     # smallcnn only: channels of the first block (feature dim = 4 * width)
     width: int = field(default=32, metadata=at_least(1))
     channels_last: bool = True    # NHWC memory format (faster with cuDNN and oneDNN)
@@ -142,7 +156,9 @@ class TrainConfig:
     # a custom Ray resource each worker also asks 0.001 of, to pick a node pool ("" = none): ondemand / spot in cluster/aws-gpu.yaml
     node_pool: str = field(default="", metadata=rule(lambda v: v not in ("CPU", "GPU", "memory", "object_store_memory"),
                                                      "must name a custom resource of the nodes (e.g. ondemand, spot), not CPU / GPU / memory"))
-    amp: bool = True              # bf16 autocast on GPU
+    amp: bool = True              # autocast on GPU, in amp_dtype
+    # auto (bf16 where the GPU has it, else fp16) | bf16 | fp16 (with a gradient scaler)
+    amp_dtype: str = field(default="auto", metadata=one_of(AMP_DTYPES))
     max_failures: int = field(default=0, metadata=at_least(-1, "must be >= 0 (or -1: retry forever)"))
     num_to_keep: int = field(default=2, metadata=at_least(1))
     storage_path: str = "runs"
@@ -156,7 +172,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     scores: tuple = field(default=("maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash",
-                                   "maxenergy", "jointenergy"),
+                                   "maxenergy", "jointenergy", "knn"),
                           metadata=one_of(names_of("edge_ray.scores", "SCORES")))
     batch_size: int = field(default=128, metadata=at_least(1))
     out: str = ""                 # results folder ("" = <storage>/<run_name>/eval)

@@ -84,7 +84,8 @@ def export_detector(checkpoint: str, out: str, *, score: str = "jointenergy", tp
     probs = sigmoid(val["logits"].astype(np.float64))
     thresholds = (best_f1_thresholds(probs, val["targets"]) if rule == "val-f1"
                   else np.full(len(train_index.classes), rule))
-    detector = Detector(model, arch={"name": cfg.model.name, "width": cfg.model.width}, classes=train_index.classes,
+    detector = Detector(model, arch={**model.arch, "name": cfg.model.name, "width": cfg.model.width},
+                        classes=train_index.classes,
                         image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std, scorer=scorer,
                         threshold=threshold["value"], label_thresholds=thresholds,
                         threshold_info={k: v for k, v in threshold.items() if k != "value"},

@@ -4,11 +4,14 @@ The folder (``FORMAT_VERSION`` 1; ``launch.py export`` writes it, ``edge_ray.det
 
   model.safetensors        the network's weights (safetensors: data only, never pickle)
   score_state.safetensors  the fitted state of the OOD score (Mahalanobis means and precision,
-                           ReAct's clip and head, ViM's subspace, ASH's head); absent for
-                           scores without one (JointEnergy, MaxLogit, ...)
+                           ReAct's clip and head, ViM's subspace, ASH's head, KNN's bank of
+                           normalised ID features, float32); absent for scores without one
+                           (JointEnergy, MaxLogit, ...)
   config.json              the training run's resolved config
   model_card.md / .json    what the model is, how it was trained and how it scored (export)
-  detector.json            format and version, backbone, classes, preprocessing, the score
+  detector.json            format and version, backbone (for a timm model also the timm model
+                           name, the image size it was built at and timm's version), classes,
+                           preprocessing, the score
                            and its parameters, the OOD threshold with the TPR it keeps on ID
                            validation data and the ID score quantiles, the per-class label
                            thresholds, and the sha256 of every other file. Written last: a
@@ -84,8 +87,7 @@ def write_folder(detector, location: str, *, extra_files: dict | None = None, ov
     state = {k: v.detach().cpu().contiguous() for k, v in detector.model.state_dict().items()}
     files = {WEIGHTS: save_tensors(state), CONFIG: (json.dumps(detector.config, indent=1) + "\n").encode()}
     if detector.scorer.needs_fit:
-        files[SCORE_STATE] = save_arrays({k: np.asarray(v, dtype=np.float64)
-                                          for k, v in detector.scorer.state_dict().items()})
+        files[SCORE_STATE] = save_arrays({k: _stored(v) for k, v in detector.scorer.state_dict().items()})
     files.update(extra_files or {})
     for name, data in files.items():
         storage.write_bytes(storage.join(location, name), data)
@@ -93,6 +95,13 @@ def write_folder(detector, location: str, *, extra_files: dict | None = None, ov
     written["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     storage.write_json(manifest_at, written, indent=1)
     return location
+
+
+def _stored(value) -> np.ndarray:
+    """A score state array as saved: float32 stays float32 (KNN's feature bank), the rest
+    float64."""
+    arr = np.asarray(value)
+    return arr if arr.dtype == np.float32 else np.asarray(arr, dtype=np.float64)
 
 
 def read_folder(location: str, *, device: str = "cpu", cls=None):
@@ -153,13 +162,33 @@ def _build_model(manifest: dict, weights: bytes, location: str):
     from edge_ray.models.networks import build_model
 
     spec = manifest["model"]
-    model = build_model(spec["name"], int(spec["num_classes"]), width=int(spec.get("width", 32)))
+    _check_timm_version(spec, location)
+    image_size = spec.get("image_size") or manifest["preprocess"].get("image_size")
+    model = build_model(spec["name"], int(spec["num_classes"]), width=int(spec.get("width", 32)),
+                        image_size=int(image_size) if image_size else None)
     try:
         model.load_state_dict(load_tensors(weights))
     except RuntimeError as err:
         raise ValueError(f"{storage.join(location, WEIGHTS)} does not fit a {spec['name']} with "
                          f"{spec['num_classes']} classes ({str(err).splitlines()[0]})") from None
     return model
+
+
+def _check_timm_version(spec: dict, location: str) -> None:
+    """A timm backbone needs timm (the message names the version that exported it); another
+    timm version than the exporter's loads the weights by name, with a warning."""
+    recorded = (spec.get("timm") or {}).get("version")
+    if not recorded:
+        return
+    from edge_ray.models import import_timm
+
+    timm = import_timm(f"the detector in {location} ({spec['name']}, exported with timm {recorded})")
+    if timm.__version__ != recorded:
+        import warnings
+
+        warnings.warn(f"{location}: exported with timm {recorded}, loading with timm {timm.__version__}; the "
+                      f"weights load by name, and a change in timm's {spec['name']} code could change its "
+                      f"features (pip install timm=={recorded} to match)", stacklevel=3)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "SCORE_STATE", "CONFIG", "build_manifest",

@@ -65,7 +65,11 @@ class Detector:
             raise ValueError(f"score {scorer.name} is not fitted; fit it on the ID training set first")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.arch = {"name": str(arch["name"]), "width": int(arch.get("width", 32))}  # what build_model needs
+        # what build_model needs: name and width; for a timm model (model.arch, set by build_model)
+        # also the image size it was built at and timm's model name and version
+        arch = {**getattr(model, "arch", {}), **arch}
+        self.arch = {"name": str(arch["name"]), "width": int(arch.get("width", 32)),
+                     **{k: arch[k] for k in ("image_size", "timm") if arch.get(k)}}
         self.classes = tuple(str(c) for c in classes)
         self.transform = transforms.eval_transform(image_size, mean=mean, std=std)
         self.scorer, self.threshold = scorer, float(threshold)

@@ -62,8 +62,11 @@ class EvalOptions:
 
 
 def eval_options(cfg, device: str = "cpu") -> EvalOptions:
-    """Evaluation settings of a run (a ``Config``): its image size and normalisation, its
-    eval section."""
+    """Evaluation settings of a run (a ``Config``): its image size and normalisation (the
+    backbone's own where the config leaves it unset), its eval section."""
+    from edge_ray.models import resolve_normalization
+
+    cfg = resolve_normalization(cfg)
     return EvalOptions(image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std,
                        batch_size=cfg.eval.batch_size, device=device, min_remaining=cfg.eval.min_remaining)
 

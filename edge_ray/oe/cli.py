@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from edge_ray.models import BACKBONES
+from edge_ray.models import BACKBONES, TIMM_PREFIX, is_timm
+
+
+def _backbone(value: str) -> str:
+    """--backbone: a name of BACKBONES or timm:<name> (timm checks the name when it builds it)."""
+    if value in BACKBONES or (is_timm(value) and len(value) > len(TIMM_PREFIX)):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(BACKBONES)} or {TIMM_PREFIX}NAME)")
 
 
 def run(args) -> int:
@@ -30,9 +37,10 @@ def add_parser(sub, common) -> None:
     p.add_argument("--candidates", nargs="+", required=True, help="candidate OE shard dirs (role oe)")
     p.add_argument("--checkpoint", help="a trained run's checkpoint_* folder (its backbone and "
                                         "image size/normalisation)")
-    p.add_argument("--backbone", choices=BACKBONES, help="backbone when no --checkpoint (default resnet50)")
-    p.add_argument("--weights", default="", help="torchvision weights name (e.g. IMAGENET1K_V2) or a "
-                                                 "local .pth; default: random init")
+    p.add_argument("--backbone", type=_backbone, metavar="{" + ",".join(BACKBONES) + f",{TIMM_PREFIX}NAME}}",
+                   help="backbone when no --checkpoint (default resnet50; timm:NAME any timm model)")
+    p.add_argument("--weights", default="", help="torchvision weights name (e.g. IMAGENET1K_V2), for timm "
+                                                 "'pretrained', or a local .pth; default: random init")
     p.add_argument("--k", type=int, default=16, help="top-k singular values (default 16)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--batches", type=int, default=10, help="batches per set at most (default 10)")

@@ -173,13 +173,16 @@ def _require_ranked(rows: list[dict]) -> list[dict]:
 
 
 def model_blob(model: MultiLabelNet, name: str) -> dict:
-    """What a task needs to rebuild the model (no download on the workers)."""
-    return {"name": name, "num_classes": model.num_classes, "width": model.feature_dim // 4,
+    """What a task needs to rebuild the model (no download on the workers); a timm model
+    with a fixed input size is rebuilt at the image size it was built for."""
+    arch = getattr(model, "arch", {})
+    return {"name": name, "num_classes": model.num_classes, "width": arch.get("width", model.feature_dim // 4),
+            "image_size": arch.get("image_size"),
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
 def model_from_blob(blob: dict) -> MultiLabelNet:
-    model = build_model(blob["name"], blob["num_classes"], width=blob["width"])
+    model = build_model(blob["name"], blob["num_classes"], width=blob["width"], image_size=blob.get("image_size"))
     model.load_state_dict(blob["state"])
     return model
 

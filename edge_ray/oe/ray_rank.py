@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from edge_ray import storage
 from edge_ray.data import ShardIndex, load_index
-from edge_ray.models import BACKBONES
+from edge_ray.models import BACKBONES, normalization
 from edge_ray.models.networks import MultiLabelNet, build_model, load_state_file
 from edge_ray.oe.rank import (RankOptions, _positions, _require_ranked, format_table, inspect_candidate,
                               measure, model_blob, model_from_blob, open_id_set, rank_candidates,
@@ -133,7 +133,9 @@ def load_ranking_model(args) -> tuple[MultiLabelNet, str, dict]:
     num_classes = 1  # the head is unused; a full MultiLabelNet file brings its own
     if Path(weights).is_file():
         num_classes = int(load_state_file(Path(weights)).get("head.weight", torch.empty(1)).shape[0])
-    return build_model(name, num_classes, weights=weights), name, {}
+    image_size = args.image_size or RankOptions.image_size  # a ViT / Swin is built for it
+    mean, std = normalization(name)  # the backbone's own (timm's pretrained_cfg; ImageNet's)
+    return build_model(name, num_classes, weights=weights, image_size=image_size), name, {"mean": mean, "std": std}
 
 
 def run(args) -> int:

@@ -16,6 +16,7 @@ import inspect
 
 from edge_ray.scores.ash import ASH
 from edge_ray.scores.base import FitData, Scorer
+from edge_ray.scores.knn import KNN
 from edge_ray.scores.logit import MSP, Energy, JointEnergy, MaxEnergy, MaxLogit
 from edge_ray.scores.mahalanobis import Mahalanobis
 from edge_ray.scores.odin import ODIN
@@ -23,7 +24,7 @@ from edge_ray.scores.react import ReAct
 from edge_ray.scores.vim import ViM
 
 SCORES: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    MaxLogit, MSP, ODIN, Energy, Mahalanobis, ReAct, ViM, ASH, MaxEnergy, JointEnergy)}
+    MaxLogit, MSP, ODIN, Energy, Mahalanobis, ReAct, ViM, ASH, MaxEnergy, JointEnergy, KNN)}
 
 
 def build_scorer(name: str, **params) -> Scorer:
@@ -40,4 +41,4 @@ def build_scorer(name: str, **params) -> Scorer:
 
 
 __all__ = ["SCORES", "FitData", "Scorer", "build_scorer", "MaxLogit", "MSP", "ODIN", "Energy",
-           "Mahalanobis", "ReAct", "ViM", "ASH", "MaxEnergy", "JointEnergy"]
+           "Mahalanobis", "ReAct", "ViM", "ASH", "MaxEnergy", "JointEnergy", "KNN"]

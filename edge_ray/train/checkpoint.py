@@ -1,5 +1,5 @@
-"""The training checkpoint folder: ``state.pt`` (weights, optimiser, scheduler, epoch,
-reader seed/epoch, restart count), ``history.json`` (per-epoch metrics) and ``config.json``.
+"""The training checkpoint folder: ``state.pt`` (weights, optimiser, scheduler, the fp16
+gradient scaler where one ran, epoch, reader seed/epoch, restart count), ``history.json`` (per-epoch metrics) and ``config.json``.
 Ray Train copies the folder to storage (a local path or a URI); evaluation and OE ranking
 read it back from there through ``edge_ray.storage``. Loading uses ``weights_only=True``:
 a checkpoint is data, never code."""
@@ -19,12 +19,19 @@ CONFIG_FILE = "config.json"
 
 
 def save_checkpoint(folder, *, model_state: dict, optimizer_state: dict, scheduler_state: dict,
-                    epoch: int, resumes: int, seed: int, history: list, config: dict) -> Path:
+                    epoch: int, resumes: int, seed: int, history: list, config: dict,
+                    scaler_state: dict | None = None) -> Path:
+    """``scaler_state``: ``torch.amp.GradScaler.state_dict()`` of an fp16 run (its loss scale
+    and growth tracker); stored under ``"scaler"`` only when given and not empty (a disabled
+    scaler's is), so a checkpoint without one, older ones included, resumes with a fresh
+    scaler (``loop.restore_scaler``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler_state,
-                "epoch": epoch, "resumes": resumes, "reader_seed": seed, "reader_epoch": epoch},
-               folder / STATE_FILE)
+    state = {"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler_state,
+             "epoch": epoch, "resumes": resumes, "reader_seed": seed, "reader_epoch": epoch}
+    if scaler_state:
+        state["scaler"] = scaler_state
+    torch.save(state, folder / STATE_FILE)
     (folder / HISTORY_FILE).write_text(json.dumps(history))
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     return folder
@@ -48,14 +55,16 @@ def load_checkpoint(folder) -> tuple[dict, list, dict]:
 def load_trained(checkpoint_dir: str):
     """(model, Config, number of classes) of a checkpoint written by the training worker:
     the network rebuilt from the run's config and loaded with its weights (eval mode is the
-    caller's)."""
+    caller's). The config's unset ``data.mean`` / ``data.std`` (a checkpoint written outside
+    a Ray run) are the backbone's own (``models.resolve_normalization``)."""
     from edge_ray.config import from_dict
+    from edge_ray.models import resolve_normalization
     from edge_ray.models.networks import build_model
 
     state, _, config = load_checkpoint(checkpoint_dir)
-    cfg = from_dict(config)
+    cfg = resolve_normalization(from_dict(config))
     num_classes = state["model"]["head.weight"].shape[0]
-    model = build_model(cfg.model.name, num_classes, width=cfg.model.width)
+    model = build_model(cfg.model.name, num_classes, width=cfg.model.width, image_size=cfg.data.image_size)
     model.load_state_dict(state["model"])
     return model, cfg, num_classes
 

@@ -1,7 +1,8 @@
 """One training step and one epoch, free of any rank or Ray logic: a Ray Train worker
 (``ray_worker.py``) runs them under DDP, the tests call them directly. Read top to bottom:
-the step's options, the forward over ID and OE, one step, then the epoch loop, which reads
-the loss back from the device without stalling it (``_RunningSums``)."""
+the step's options (and the autocast dtype, with the fp16 gradient scaler), the forward over
+ID and OE, one step, then the epoch loop, which reads the loss back from the device without
+stalling it (``_RunningSums``)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +17,36 @@ import torch.nn as nn
 from edge_ray import losses, validation
 
 
+# train.amp_dtype's choices (config/schema.py AMP_DTYPES) -> the autocast dtype
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+BF16_CAPABILITY = (8, 0)  # CUDA compute capability with native bf16: Ampere (A100, A10, L4) and newer
+
+
+def amp_dtype(requested: str, capability: tuple[int, int] | None) -> str:
+    """The autocast dtype a run trains in: ``bf16`` / ``fp16`` as asked; ``auto`` gives bf16 on
+    a GPU of compute capability ``BF16_CAPABILITY`` or newer and fp16 below it (V100 7.0, T4
+    7.5: bf16 there is emulated or missing). ``capability`` is the device's (major, minor),
+    None without a GPU (autocast is then off anyway; the answer is what a GPU-less device
+    would get: fp16)."""
+    if requested in AUTOCAST_DTYPES:
+        return requested
+    if requested != "auto":
+        raise ValueError(f"train.amp_dtype must be auto, bf16 or fp16, got {requested!r}")
+    return "bf16" if capability is not None and tuple(capability) >= BF16_CAPABILITY else "fp16"
+
+
+def device_amp_dtype(requested: str, device: torch.device) -> str:
+    """``amp_dtype`` for ``device`` (its CUDA compute capability; None on the CPU)."""
+    device = torch.device(device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return amp_dtype(requested, capability)
+
+
 @dataclass(frozen=True)
 class StepOptions:
     device: torch.device
-    amp: bool = False              # bf16 autocast (GPU only)
+    amp: bool = False              # autocast (GPU only), in amp_dtype
+    amp_dtype: str = "bf16"        # bf16 | fp16 (amp_dtype()); fp16 steps through a GradScaler (make_scaler)
     channels_last: bool = False
     separate_forward: bool = False
     diag_k: int = 32               # bottom-k / margin for the gap diagnostics
@@ -29,8 +56,26 @@ class StepOptions:
 
 def autocast(opts: StepOptions):
     if opts.amp and opts.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[opts.amp_dtype])
     return contextlib.nullcontext()
+
+
+def make_scaler(opts: StepOptions):
+    """The gradient scaler of an fp16 run on a GPU (``torch.amp.GradScaler``: the loss scaled
+    up so that small fp16 gradients do not underflow; a step whose gradients hold inf or NaN
+    is skipped and the scale halved), None otherwise (bf16 and float32 need none). Under DDP
+    every rank sees the same all-reduced gradients and so skips the same steps. Its state
+    goes in the checkpoint (``checkpoint.save_checkpoint(scaler_state=...)``)."""
+    if opts.amp and opts.amp_dtype == "fp16" and opts.device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def restore_scaler(scaler, state: dict) -> None:
+    """Load a checkpoint's scaler state into ``scaler``; a checkpoint without one (bf16 or
+    float32 runs, and every checkpoint written before fp16 existed) leaves it fresh."""
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
 
 
 def to_device(x: torch.Tensor, opts: StepOptions) -> torch.Tensor:
@@ -53,10 +98,13 @@ def forward_id_oe(model: nn.Module, x_id, x_oe, opts: StepOptions):
     return z[: x_id.shape[0]], z[x_id.shape[0]:]
 
 
-def step_tensors(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions) -> dict:
+def step_tensors(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
+                 scaler=None) -> dict:
     """Forward, loss, backward, step. Returns the loss parts (and, with OE, the gap
     diagnostics) as detached 0-d tensors on the device: no host synchronisation, so the
-    host can queue the next step while this one runs."""
+    host can queue the next step while this one runs. With ``scaler`` (fp16, ``make_scaler``)
+    the backward runs on the scaled loss and ``scaler.step`` decides whether to step: that
+    decision reads one flag back from the device per step (GradScaler's own sync)."""
     x_id, y, x_oe = batch
     x_id, y = to_device(x_id, opts), y.to(opts.device, non_blocking=True)
     x_oe = to_device(x_oe, opts) if x_oe is not None else None
@@ -67,8 +115,13 @@ def step_tensors(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opt
     with validation.shape_checks_only():  # no host sync between forward and backward
         parts = loss_fn(z_id, y, z_oe, epoch)
     optimizer.zero_grad(set_to_none=True)
-    parts["loss"].backward()
-    optimizer.step()
+    if scaler is None:
+        parts["loss"].backward()
+        optimizer.step()
+    else:
+        scaler.scale(parts["loss"]).backward()
+        scaler.step(optimizer)  # unscales; skipped when a gradient is inf or NaN
+        scaler.update()
     if scheduler is not None:
         scheduler.step()
     out = {k: v.detach() for k, v in parts.items()}
@@ -78,9 +131,10 @@ def step_tensors(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opt
     return out
 
 
-def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions) -> dict:
+def train_step(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
+               scaler=None) -> dict:
     """`step_tensors`, then the parts as floats (one host synchronisation)."""
-    parts = step_tensors(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts)
+    parts = step_tensors(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts, scaler=scaler)
     return dict(zip(parts, _stack(parts).tolist()))
 
 
@@ -160,12 +214,13 @@ class _RunningSums:
 
 
 def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opts: StepOptions,
-                progress=None, fail_at_step: int | None = None, sync_every: int = 10) -> dict:
+                progress=None, fail_at_step: int | None = None, sync_every: int = 10, scaler=None) -> dict:
     """One pass of ``loader``: mean of every reported part, step and image counts, img/s,
     ``data_wait_s`` (seconds the loop waited for the loader: input-bound when high) and
     ``sync_wait_s`` (seconds it waited for the device to hand back loss values). The sums
     are read every ``sync_every`` steps, one window late (``_RunningSums``).
-    ``fail_at_step`` raises a RuntimeError at that step (the fault-tolerance test switch).
+    ``fail_at_step`` raises a RuntimeError at that step (the fault-tolerance test switch);
+    ``scaler``: the fp16 gradient scaler (``make_scaler``), None otherwise.
     """
     model.train()
     sums = _RunningSums(epoch, progress)
@@ -180,7 +235,7 @@ def train_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, opt
             break
         if fail_at_step is not None and step == fail_at_step:
             raise RuntimeError(f"injected failure at epoch {epoch} step {step} (train.fail_at_epoch)")
-        sums.add(step_tensors(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts))
+        sums.add(step_tensors(model, batch, loss_fn, optimizer, scheduler, epoch=epoch, opts=opts, scaler=scaler))
         images += batch[0].shape[0] + (batch[2].shape[0] if batch[2] is not None else 0)
         if progress is not None:
             progress.update(1)

@@ -57,11 +57,11 @@ def _prune_orphans(run: str) -> None:
             storage.delete_tree(folder)
 
 
-def _load_checkpoint(model, opt, sched, cfg):
-    """Restore the newest complete checkpoint of this run; return (start_epoch, history,
-    resumes). That is Ray's registered one (``ray.train.get_checkpoint()``) or a newer one
-    on storage that Ray had not registered when a worker or node was lost
-    (``checkpoint.latest_checkpoint``)."""
+def _load_checkpoint(model, opt, sched, cfg, scaler=None):
+    """Restore the newest complete checkpoint of this run (the fp16 scaler's state too, where
+    it has one); return (start_epoch, history, resumes). That is Ray's registered one
+    (``ray.train.get_checkpoint()``) or a newer one on storage that Ray had not registered
+    when a worker or node was lost (``checkpoint.latest_checkpoint``)."""
     found = latest_checkpoint(_run_dir(cfg))
     if found is not None:
         _, state, history, _ = found
@@ -74,6 +74,7 @@ def _load_checkpoint(model, opt, sched, cfg):
     loop.unwrap(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     builders.load_scheduler_state(sched, state["scheduler"])
+    loop.restore_scaler(scaler, state)
     return int(state["epoch"]) + 1, history, int(state["resumes"]) + 1
 
 
@@ -145,8 +146,9 @@ def _validate(model, cfg, device, cache: EvalCache) -> dict:
     return out
 
 
-def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) -> ray.train.Checkpoint:
+def _save(d, model, opt, sched, epoch, history, resumes, cfg_dict, scaler=None) -> ray.train.Checkpoint:
     save_checkpoint(d, model_state=loop.unwrap(model).state_dict(), optimizer_state=opt.state_dict(),
+                    scaler_state=scaler.state_dict() if scaler is not None else None,
                     scheduler_state=sched.state_dict(), epoch=epoch, resumes=resumes,
                     seed=cfg_dict["train"]["seed"], history=history, config=cfg_dict)
     return ray.train.Checkpoint.from_directory(d)
@@ -180,7 +182,8 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     id_index = load_index(cfg.data.id_train, role="id")
     uses_oe = LOSSES[cfg.loss.method].uses_oe
     oe_index = load_index(cfg.data.oe, role="oe") if uses_oe else None
-    model = build_model(cfg.model.name, id_index.num_classes, weights=cfg.model.weights, width=cfg.model.width)
+    model = build_model(cfg.model.name, id_index.num_classes, weights=cfg.model.weights, width=cfg.model.width,
+                        image_size=cfg.data.image_size)
     on_gpu = device.type == "cuda"
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -218,10 +221,12 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
     loss_fn = builders.make_loss_fn(cfg.loss, class_freq=id_index.label_counts, num_train=id_index.num_samples,
                                     gap_scope=gap_scope(cfg), id_batches=id_batches, shares=shares)
     opts = loop.StepOptions(device=device, amp=cfg.train.amp and on_gpu,
+                              amp_dtype=loop.device_amp_dtype(cfg.train.amp_dtype, device),
                               channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
                               diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap)
-    start, history, resumes = _load_checkpoint(model, opt, sched, cfg)
+    scaler = loop.make_scaler(opts)  # fp16 only
+    start, history, resumes = _load_checkpoint(model, opt, sched, cfg, scaler)
     run = _run_dir(cfg)
     nodes = _gather_nodes()
 
@@ -240,7 +245,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         keys: list[str] = []
         batches = _keys_into(loader, keys) if cfg.train.audit_keys else loader
         stats = loop.train_epoch(model, batches, loss_fn, opt, sched, epoch=epoch,
-                                 opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None)
+                                 opts=opts, progress=bar, fail_at_step=steps // 2 if fail else None, scaler=scaler)
         stats = _global_means(stats, shares, device)
         if cfg.train.audit_keys:
             storage.write_json(storage.join(run, "sample_keys", f"epoch{epoch + 1:04d}-attempt{resumes}-rank{rank}"
@@ -252,6 +257,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                    "steps_per_rank": _gather_steps(stats["steps"], device), "lr": sched.get_last_lr()[0],
                    "beta_active": cfg.loss.method == "edge" and epoch >= cfg.loss.tau,
                    "resumes": resumes, "world_size": world, "nodes": nodes, "id_batch_per_rank": id_batches,
+                   "amp": opts.amp_dtype if opts.amp else "off",
                    "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
         if rank == 0 and cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0:
             metrics.update(_validate(model, cfg, device, val_cache))
@@ -259,7 +265,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
         if rank == 0:
             _print_line(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
         with tempfile.TemporaryDirectory(prefix="edge-ckpt-") as d:  # report copies it to storage
-            ckpt = _save(d, model, opt, sched, epoch, history, resumes, cfg_dict) if rank == 0 else None
+            ckpt = _save(d, model, opt, sched, epoch, history, resumes, cfg_dict, scaler) if rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt)
         if rank == 0:
             _prune_orphans(run)

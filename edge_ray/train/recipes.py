@@ -6,7 +6,8 @@ unset (None). A run fills the unset ones from its method's recipe when it is bui
 (``resolve_recipe``), not when a file is read: the demo and ``compare`` set ``loss.method``
 after loading, and the recipe must follow the method actually trained. A value set in YAML
 or as key=value always wins. Checkpoints record the resolved values, so a rerun's resume
-check compares what was trained.
+check compares what was trained. ``resolve_run`` does the same for the backbone's
+normalisation (``data.mean`` / ``data.std``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ def resolve_train(train, method: str):
 def resolve_recipe(cfg):
     """``cfg`` (a Config) with its training recipe resolved for ``cfg.loss.method``; idempotent."""
     return replace(cfg, train=resolve_train(cfg.train, cfg.loss.method))
+
+
+def resolve_run(cfg):
+    """``cfg`` with everything a run leaves unset resolved where the run is built: the
+    training recipe of its method (``resolve_recipe``) and the backbone's own normalisation
+    for an unset ``data.mean`` / ``data.std`` (``models.resolve_normalization``: timm's
+    pretrained_cfg for a timm model, ImageNet's otherwise). Idempotent; checkpoints record
+    the result."""
+    from edge_ray.models import resolve_normalization
+
+    return resolve_normalization(resolve_recipe(cfg))
 
 
 def describe_recipe(cfg) -> str:
