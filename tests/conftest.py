@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# MLflow tracking is off for the suite (no ./mlflow.db from every training a test runs, no
+# tracking thread in every command); tests/test_tracking.py turns it on where it is under test.
+os.environ.setdefault("EDGE_RAY_TRACKING", "0")
+
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}

@@ -41,12 +41,12 @@ def test_help_has_example(command, capsys):
 def test_building_the_parser_imports_none_of_the_heavy_libraries():
     """`--help` (and the parse before every command) stays under a second: no subcommand's
     parser imports torch, torchvision or Ray Train / Tune / Data (each command imports what it
-    needs when it runs; optuna's top-level import is cheap and lazy, so it may come along)."""
+    needs when it runs, MLflow included; optuna's top-level import is cheap and lazy, so it may come along)."""
     import subprocess
     import sys
     from pathlib import Path
 
-    heavy = ["torch", "torchvision", "ray.train", "ray.tune", "ray.data"]
+    heavy = ["torch", "torchvision", "ray.train", "ray.tune", "ray.data", "mlflow"]
     code = ("import sys, launch; launch.build_parser(); "
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], cwd=Path(launch.__file__).parent, capture_output=True,

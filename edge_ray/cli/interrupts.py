@@ -32,6 +32,29 @@ def _raise(signum, frame):
     raise Interrupted(signum)
 
 
+# What must happen before an interrupted process leaves (MLflow runs end KILLED:
+# edge_ray/tracking/client.py); each hook bounds its own time, and a failing one is skipped.
+_AT_INTERRUPT: list = []
+
+
+def at_interrupt(hook) -> None:
+    """Call ``hook(signum)`` when SIGINT / SIGTERM interrupts the command (before the hint)."""
+    _AT_INTERRUPT.append(hook)
+
+
+def forget_at_interrupt(hook) -> None:
+    if hook in _AT_INTERRUPT:
+        _AT_INTERRUPT.remove(hook)
+
+
+def _run_interrupt_hooks(signum: int) -> None:
+    for hook in list(_AT_INTERRUPT):
+        try:
+            hook(signum)
+        except Exception:  # noqa: BLE001 - the interrupt goes on
+            pass
+
+
 def run_interruptible(command, args, *, hint) -> int:
     """``command(args)`` in a worker thread; on SIGINT / SIGTERM print ``hint(args)`` and
     return 130 / 143. Exceptions of the command are raised here, in the main thread."""
@@ -62,6 +85,7 @@ def run_interruptible(command, args, *, hint) -> int:
         code = EXIT_CODES[stop.signum]
         interrupted.set()
         _leave_soon(code)
+        _run_interrupt_hooks(stop.signum)
         # Ray is not shut down from here: ray.shutdown() while the command thread waits inside
         # a Ray call aborted the process (SIGABRT, no message) in 4 of 5 SIGTERMs mid-epoch.
         # Leaving is enough: a local Ray's processes die with this one, and a cluster ends the

@@ -155,9 +155,21 @@ def run(args) -> int:
     n_slots = slots(base, ray.cluster_resources(), args.max_concurrent, len(runs))
     _header(runs, methods, args.seeds, n_slots, out, edge_source)
     t = base.train
-    records, reused = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
-                            eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0)
-    payload = _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start)
-    score = "jointenergy" if "jointenergy" in scores else scores[0]
-    _report(payload, score, write_study(out, payload, (score,)), len(reused))
+    # MLflow (edge_ray/tracking): a parent run for the study, a child per method x seed, from this driver
+    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking.content import config_params
+    from edge_ray.tracking.ray_study import StudyTracking
+
+    with tracking.command(args, "compare") as tracker:
+        study = StudyTracking(tracker, storage.basename(out), command="compare", out=out, params={
+            "compare.methods": methods, "compare.seeds": args.seeds, "compare.scores": scores, "compare.oe": oe,
+            "compare.edge_params": edge_params, **{f"base.{k}": v for k, v in config_params(base).items()}})
+        records, reused = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
+                                eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0,
+                                tracking=study)
+        payload = _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start)
+        score = "jointenergy" if "jointenergy" in scores else scores[0]
+        paths = write_study(out, payload, (score,))
+        _report(payload, score, paths, len(reused))
+        study.finish([paths["json"], paths["markdown"], paths["csv"], *paths["plots"]])
     return 0

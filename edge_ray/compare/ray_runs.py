@@ -115,12 +115,13 @@ def evaluate_run(checkpoint: str, cfg_dict: dict, scores: list, device: str) -> 
 
 
 @ray.remote(num_cpus=0)
-def run_one(cfg_dict: dict, scores: list, eval_cpus: float, eval_gpus: float) -> dict:
+def run_one(cfg_dict: dict, scores: list, eval_cpus: float, eval_gpus: float, callbacks=()) -> dict:
     """Train (Ray Train reserves the workers' resources; this task only waits, at 0 CPU),
-    then evaluate as a task with the run's CPUs / GPU."""
+    then evaluate as a task with the run's CPUs / GPU. ``callbacks``: Ray Train callbacks
+    (MLflow's relay to the driver)."""
     cfg = from_dict(cfg_dict)
     start = time.perf_counter()
-    summary = run_training(cfg)
+    summary = run_training(cfg, callbacks=callbacks)
     trained = time.perf_counter()
     task = ray.remote(evaluate_run).options(num_cpus=eval_cpus, num_gpus=eval_gpus)
     result = ray.get(task.remote(summary.checkpoint_dir, cfg_dict, scores, "cuda" if eval_gpus else "cpu"))
@@ -150,11 +151,15 @@ def _done_line(k: int, total: int, rec: dict, eta: str) -> str:
             f"{rec['eval_seconds']:.0f}s, test mAP {100 * rec['result']['map']:.1f}%{fpr}; ETA {eta}")
 
 
-def drive(runs: list[Run], scores: list, *, slots: int, eval_cpus: float, eval_gpus: float) -> tuple[dict, set]:
+def drive(runs: list[Run], scores: list, *, slots: int, eval_cpus: float, eval_gpus: float,
+          tracking=None) -> tuple[dict, set]:
     """Run what is not finished, ``slots`` at a time; return ``{run name: record}`` and the
     names of the runs reused from disk. Progress: a bar of runs done / total and one line
     per finished run with the ETA."""
     records = {r.name: rec for r in runs if (rec := load_finished(r, scores)) is not None}
+    for r in runs:  # MLflow (edge_ray/tracking/ray_study.py): a child run per method x seed
+        if tracking is not None and r.name in records:
+            tracking.reused(r.cfg, records[r.name]["result"])
     reused = set(records)
     todo = [r for r in runs if r.name not in records]
     pending, failed, start = {}, [], time.perf_counter()
@@ -162,16 +167,21 @@ def drive(runs: list[Run], scores: list, *, slots: int, eval_cpus: float, eval_g
         while todo or pending:
             while todo and len(pending) < slots:
                 r = todo.pop(0)
-                pending[run_one.remote(r.cfg.to_dict(), list(scores), eval_cpus, eval_gpus)] = r
+                callbacks = tracking.start(r.cfg) if tracking is not None else []
+                pending[run_one.remote(r.cfg.to_dict(), list(scores), eval_cpus, eval_gpus, callbacks)] = r
             [ref], _ = ray.wait(list(pending), num_returns=1)
             run = pending.pop(ref)
             try:
                 rec = ray.get(ref)
             except Exception as err:  # noqa: BLE001 - one run's failure must not lose the others
                 failed.append(f"{run.method} seed {run.seed}: {_error_line(err)}")
+                if tracking is not None:
+                    tracking.done(run.cfg, status="FAILED")
                 tqdm.write(f"FAILED {run.name}: {failed[-1]}")
                 continue
             save_run(run, rec)
+            if tracking is not None:
+                tracking.done(run.cfg, rec["result"])
             records[run.name] = rec
             bar.update(1)
             fresh = bar.n - bar.initial

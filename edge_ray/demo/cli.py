@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_ray.tracking.settings import add_flag as add_tracking_flag
+
 
 def add_parser(sub, common) -> None:
     p = sub.add_parser("demo", help="run the embedded benchmark end to end (no download)",
@@ -24,12 +26,16 @@ def add_parser(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training")
     p.add_argument("--oe", default="ranked", help="OE set for OE/EnergyOE/EDGE: 'ranked' (the smallest "
                    "dilation distance) or a set name such as oe_letters")
+    add_tracking_flag(p)
     common(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from edge_ray.demo.ray_demo import run as run_demo
+    from edge_ray.tracking.client import prepare as prepare_tracking
+
+    prepare_tracking(args)  # MLflow's import (seconds) overlaps the shards and Ray's start
 
     return run_demo(args)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_ray.tracking.settings import add_flag as add_tracking_flag
+
 PREDICT_DOC = """`launch.py predict`: batch inference with an exported detector, on Ray Data.
 
     read     Ray Data reads the raw bytes: `read_webdataset` for a shard set (index.json),
@@ -98,6 +100,7 @@ def add_export_parser(sub, common) -> None:
     p.add_argument("--no-table", action="store_true", help="skip the Table-3 evaluation for the model card")
     p.add_argument("--overwrite", action="store_true", help="replace a detector already in --out")
     p.add_argument("--gpu", action="store_true", help="run the passes as a Ray task on one GPU")
+    add_tracking_flag(p)
     common(p)
     p.set_defaults(run=run_export)
 

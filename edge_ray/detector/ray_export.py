@@ -7,6 +7,9 @@ from edge_ray import storage
 
 def run(args) -> int:
     from edge_ray.detector.export import export_detector
+    from edge_ray.tracking.client import prepare as prepare_tracking
+
+    prepare_tracking(args)  # MLflow's import (seconds) overlaps the export
 
     kwargs = dict(score=args.score, tpr=args.tpr, label_thresholds=args.label_thresholds,
                   id_train=args.id_train, id_val=args.id_val, id_test=args.id_test, ood=args.ood,
@@ -37,4 +40,13 @@ def run(args) -> int:
     if row:
         print(f"  ID test mAP {100 * card['evaluation']['id_test_map']:.1f}%, mean FPR95 {100 * row['mean']['fpr95']:.1f}% "
               f"/ AUROC {100 * row['mean']['auroc']:.1f}% over {len(row) - 1} OOD set(s) (model_card.md)")
+    # MLflow (edge_ray/tracking): the detector folder as an artifact of the exported training's run
+    from edge_ray.tracking import client as tracking
+
+    def log(run):
+        run.log_folder(res["out"], "detector")
+        run.set_tags({"edge.detector": res["out"], "edge.detector.score": card["score"]["name"],
+                      "edge.detector.threshold": f"{t['value']:.6g}"})
+
+    tracking.log_to_training(args, "export", card["source"]["checkpoint"], log)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_ray.tracking.settings import add_flag as add_tracking_flag
+
 EXAMPLE = ("python launch.py train --config configs/tiny.yaml "
            "loss.method=edge loss.beta=0.1 train.num_workers=2 train.run_name=tiny-2w")
 
@@ -17,6 +19,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.m=3")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    add_tracking_flag(p)
     common(p)
     p.set_defaults(run=run)
 
@@ -29,6 +32,9 @@ def run(args) -> int:
     from edge_ray.train.ray_trainer import check_inputs, check_resume, run_training
     from edge_ray.train.recipes import describe_recipe
 
+    from edge_ray.tracking.client import prepare as prepare_tracking
+
+    prepare_tracking(args)  # MLflow's import (seconds) overlaps the checks and Ray's start
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg)  # data, storage and model problems: one line, before Ray starts
     check_resume(cfg)
@@ -38,18 +44,29 @@ def run(args) -> int:
     print(f"training {cfg.model.name} with {cfg.loss.method} on {workers} worker(s) "
           f"({'GPU' if cfg.train.use_gpu else 'CPU'}, Ray: {where}) -> {cfg.train.storage_path}/{cfg.train.run_name}")
     print(f"  recipe: {describe_recipe(cfg)}", flush=True)
-    summary = run_training(cfg, checked=True)
-    last = summary.history[-1] if summary.history else {}
-    print(f"finished epoch {last.get('epoch')}/{cfg.train.epochs}: loss {last.get('loss', float('nan')):.4f}, "
-          f"val mAP {last.get('val_map')}, checkpoint {summary.checkpoint_dir}")
-    if args.no_eval or not (cfg.data.id_test and cfg.data.ood) or summary.checkpoint_dir is None:
-        return 0
-    out = cfg.eval.out or storage.join(summary.run_dir, "eval")
-    res = evaluate_remote(summary.checkpoint_dir, out, use_gpu=cfg.train.use_gpu,
-                          num_cpus=cfg.train.cpus_per_worker, scores=list(cfg.eval.scores),
-                          training=cfg.loss.method)
-    print(storage.read_text(res["paths"]["markdown"]))
-    print(f"results: {out}")
+    # MLflow (edge_ray/tracking): one run for this training, its epochs logged here on the driver
+    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking.ray_relay import Relay
+    from edge_ray.train.recipes import resolve_run
+
+    with tracking.command(args, "train") as tracker:
+        tracked = tracker.training(resolve_run(cfg), "train")
+        relay = Relay(tracker)
+        summary = run_training(cfg, checked=True, callbacks=relay.callbacks(tracked))
+        relay.flush()
+        tracked.end("FINISHED")
+        last = summary.history[-1] if summary.history else {}
+        print(f"finished epoch {last.get('epoch')}/{cfg.train.epochs}: loss {last.get('loss', float('nan')):.4f}, "
+              f"val mAP {last.get('val_map')}, checkpoint {summary.checkpoint_dir}")
+        if args.no_eval or not (cfg.data.id_test and cfg.data.ood) or summary.checkpoint_dir is None:
+            return 0
+        out = cfg.eval.out or storage.join(summary.run_dir, "eval")
+        res = evaluate_remote(summary.checkpoint_dir, out, use_gpu=cfg.train.use_gpu,
+                              num_cpus=cfg.train.cpus_per_worker, scores=list(cfg.eval.scores),
+                              training=cfg.loss.method)
+        tracking.log_evaluation(tracked, res, step=last.get("epoch", 0))
+        print(storage.read_text(res["paths"]["markdown"]))
+        print(f"results: {out}")
     return 0
 
 

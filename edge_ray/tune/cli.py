@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from edge_ray.tracking.settings import add_flag as add_tracking_flag
 from edge_ray.tune.settings import OBJECTIVES
 
 
 def run(args) -> int:
+    from edge_ray.tracking.client import prepare as prepare_tracking
     from edge_ray.tune.ray_tune import run as run_tune
+
+    prepare_tracking(args)  # MLflow's import (seconds) overlaps the search's set-up
 
     return run_tune(args)
 
@@ -53,6 +57,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--out", help="output folder (default results/tune/NAME)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the base config")
+    add_tracking_flag(p)
     common(p)
     p.set_defaults(run=run)
 

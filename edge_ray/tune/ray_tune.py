@@ -284,7 +284,13 @@ def run(args) -> int:
     check_search(s)  # fail on input before Ray starts
     where = connect(args.address)
     print(f"Ray: {where}")
-    res = run_search(s, resume=args.resume)
+    # MLflow (edge_ray/tracking): a run for the search, a child per trial, logged from this driver
+    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking.ray_tune_callback import SearchTracking, TrialsToMLflow
+
+    with tracking.command(args, "tune") as tracker, SearchTracking(tracker, s) as search:
+        res = run_search(s, resume=args.resume, callbacks=[TrialsToMLflow(s.name)])
+        search.end(res)
     print(storage.read_text(res.paths["markdown"]))
     if res.best is not None:
         print(f"best: trial {res.best['trial']} -> {res.paths['best']} "
