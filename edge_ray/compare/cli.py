@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import argparse
 
+from edge_ray.tracking.settings import add_flag as add_tracking_flag
+
 
 def run(args) -> int:
     from edge_ray.compare.ray_compare import run as run_compare
+    from edge_ray.tracking.client import prepare as prepare_tracking
+
+    prepare_tracking(args)  # MLflow's import (seconds) overlaps the study's set-up
 
     return run_compare(args)
 
@@ -56,12 +61,13 @@ def add_parser(sub, common) -> None:
     p.add_argument("--config", default=None, help="a training config to compare on instead of the embedded benchmark")
     p.add_argument("--edge-from-study", default=None, metavar="TUNE_OUT",
                    help="take EDGE's tuned values from a `launch.py tune` output folder (best Pareto trial)")
-    p.add_argument("--scores", nargs="+", default=None, help="scores to evaluate (default: all ten)")
+    p.add_argument("--scores", nargs="+", default=None, help="scores to evaluate (default: all eleven)")
     p.add_argument("--cpus-per-run", type=float, default=None, help="CPUs of one run's Train workers together "
                    "(fractions allowed; default from the config)")
     p.add_argument("--gpus-per-run", type=float, default=None, help="GPUs of one run (0.25 = four runs per GPU)")
     p.add_argument("--max-concurrent", type=int, default=0, help="runs at once (default: as many as fit)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides for every run, e.g. train.epochs=3 (anywhere on the line)")
+    add_tracking_flag(p)
     common(p)
     p.set_defaults(run=run)
 

@@ -19,7 +19,8 @@ PRESETS = {
     "quick": {"sizes": dict(quick=True, n_train=2000), "epochs": 4, "tau": 1, "methods": ("bce", "edge")},
     "full": {"sizes": dict(quick=False), "epochs": 7, "tau": 2, "methods": ("bce", "oe", "energy_oe", "edge")},
 }
-BCE_SCORES = ("maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy")
+BCE_SCORES = ("maxlogit", "msp", "odin", "energy", "mahalanobis", "react", "vim", "ash", "maxenergy", "jointenergy",
+              "knn")
 OE_SCORES = ("maxenergy", "jointenergy")
 OOD_SETS = ("ood_digits89", "ood_letters", "ood_flower_edges", "ood_scribble", "ood_blobs", "ood_flower")
 
@@ -65,9 +66,10 @@ def build_shards(data: str, preset: dict, seed: int) -> dict:
     return bench
 
 
-def train(cfg: Config, method: str, oe: str | None, step: str, tag: str) -> str:
+def train(cfg: Config, method: str, oe: str | None, step: str, tag: str, study=None) -> str:
     """One Ray Train run; run again with the same tag and config it resumes (a finished
-    run returns at once), with another config it stops with the fix."""
+    run returns at once), with another config it stops with the fix. ``study``: its MLflow
+    child run (edge_ray/tracking/ray_study.py)."""
     from edge_ray.train.ray_trainer import run_training
 
     cfg = replace(cfg, loss=replace(cfg.loss, method=method),
@@ -76,7 +78,9 @@ def train(cfg: Config, method: str, oe: str | None, step: str, tag: str) -> str:
     t = time.perf_counter()
     print(f"{step} training {method} ({cfg.train.epochs} epochs{', OE: ' + storage.basename(oe) if oe else ''})\n"
           f"      recipe: {describe_recipe(cfg)}", flush=True)
-    summary = run_training(cfg)
+    summary = run_training(cfg, callbacks=study.start(cfg) if study else [])
+    if study:
+        study.done(cfg)
     last = summary.history[-1]
     extra = f", gap active {last['gap_active']:.2f}" if method == "edge" and "gap_active" in last else ""
     print(f"      done in {time.perf_counter() - t:.0f}s: val mAP {last['val_map']:.3f}, "
@@ -96,15 +100,28 @@ def run(args) -> int:
     connect(args.address)
     cfg = demo_config(data, out, preset, args.seed)
     tag = f"{'quick' if args.quick else 'full'}-seed{args.seed}"
-    checkpoints = {"bce": train(cfg, "bce", None, "[2/5]", tag)}
-    ranking = rank_candidates(checkpoints["bce"], data, bench, out, seed=args.seed)
-    oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
-    print(f"      OE set for training: {oe_name}")
-    for method in preset["methods"][1:]:
-        checkpoints[method] = train(cfg, method, storage.join(data, oe_name), "[4/5]", tag)
-    results = evaluate_all(checkpoints, cfg, out)
-    elapsed = time.perf_counter() - start
-    _finish(results, ranking, oe_name, out, elapsed, args)
+    # MLflow (edge_ray/tracking): a run for the demo, a child per training, from this driver
+    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking.ray_study import StudyTracking
+
+    with tracking.command(args, "demo", quiet=True) as tracker:
+        study = StudyTracking(tracker, f"demo-{tag}", command="demo", out=out,
+                              params={"demo.quick": args.quick, "demo.seed": args.seed, "demo.oe": args.oe})
+        checkpoints = {"bce": train(cfg, "bce", None, "[2/5]", tag, study)}
+        ranking = rank_candidates(checkpoints["bce"], data, bench, out, seed=args.seed)
+        oe_name = ranking[0]["candidate"] if args.oe == "ranked" else args.oe
+        print(f"      OE set for training: {oe_name}")
+        for method in preset["methods"][1:]:
+            checkpoints[method] = train(cfg, method, storage.join(data, oe_name), "[4/5]", tag, study)
+        results = evaluate_all(checkpoints, cfg, out)
+        for method, result in results.items():
+            study.evaluated(replace(cfg, train=replace(cfg.train, run_name=f"demo-{tag}-{method}")), result)
+        elapsed = time.perf_counter() - start
+        paths = _finish(results, ranking, oe_name, out, elapsed, args)
+        study.finish([paths["json"], paths["markdown"], paths["csv"], *paths["plots"],
+                      storage.join(out, "rank-oe", "ranking.json")])
+        if tracker.active:
+            print(tracker.where())
     return 0
 
 
@@ -136,7 +153,7 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     from edge_ray.evaluate.pipeline import evaluate, open_sets
 
     later = " / ".join(LOSSES[m].display for m in checkpoints if m != "bce")
-    print(f"[5/5] evaluating: BCE with all ten scores, {later} with MaxEnergy and JointEnergy", flush=True)
+    print(f"[5/5] evaluating: BCE with all {len(BCE_SCORES)} scores, {later} with MaxEnergy and JointEnergy", flush=True)
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, list(cfg.data.ood))
     opts = eval_options(cfg)
     cache = EvalCache()  # every model sees the same test and OOD images: decode them once
@@ -149,7 +166,7 @@ def evaluate_all(checkpoints: dict, cfg: Config, out: str) -> dict:
     return results
 
 
-def _finish(results: dict, ranking: list, oe_name: str, out: str, elapsed: float, args) -> None:
+def _finish(results: dict, ranking: list, oe_name: str, out: str, elapsed: float, args) -> dict:
     from edge_ray.evaluate.report import compact_table, write_results
 
     paths = write_results(results, out, extra={"oe_ranking": ranking, "oe_used": oe_name,
@@ -165,3 +182,4 @@ def _finish(results: dict, ranking: list, oe_name: str, out: str, elapsed: float
     print()
     print(f"finished in {elapsed:.0f}s. results: {paths['json']}, {paths['markdown']}, {paths['csv']}")
     print("plots: " + ", ".join(str(p) for p in paths["plots"]))
+    return paths

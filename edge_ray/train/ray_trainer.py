@@ -16,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from edge_ray import storage
 from edge_ray.losses import LOSSES
 from edge_ray.config import Config, ConfigError, is_elastic, worker_range
-from edge_ray.train.recipes import resolve_recipe
+from edge_ray.train.recipes import resolve_run
 from edge_ray.data import eval_loader, load_index, steps_per_epoch
 from edge_ray.train.checkpoint import checkpoint_folders, last_epoch_on_storage, load_checkpoint
 from edge_ray.ray_cluster import check_request
@@ -51,13 +51,14 @@ def _probe_forward(cfg: Config, index, num_classes: int, model=None) -> torch.nn
     model so the next probe reuses it."""
     loader = eval_loader(index, batch_size=1, image_size=cfg.data.image_size, mean=cfg.data.mean, std=cfg.data.std)
     x, _, keys = next(iter(loader))
-    model = model or build_model(cfg.model.name, num_classes, width=cfg.model.width).eval()
+    model = model or build_model(cfg.model.name, num_classes, width=cfg.model.width,
+                                 image_size=cfg.data.image_size).eval()
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError) as err:  # timm asserts a fixed input size
         raise ConfigError(f"{index.dir}: sample {keys[0]} at data.image_size={cfg.data.image_size} "
-                          f"does not fit model {cfg.model.name} ({str(err).splitlines()[0]}); "
+                          f"does not fit model {cfg.model.name} ({(str(err) or type(err).__name__).splitlines()[0]}); "
                           "raise data.image_size or pick another backbone") from None
     return model
 
@@ -67,6 +68,7 @@ def check_inputs(cfg: Config) -> dict:
 
     Returns ``{"num_classes", "steps_per_epoch", "classes"}``.
     """
+    cfg = resolve_run(cfg)  # the backbone's mean / std where unset, as the run will use them
     if not cfg.data.id_train:
         raise ConfigError("data.id_train is empty; set it to a shard dir made by `launch.py shards`")
     storage.check_writable(storage_root(cfg))  # a wrong bucket or credentials: fail now, not in Ray
@@ -95,7 +97,7 @@ def build_trainer(cfg: Config, *, run_name: str | None = None, callbacks=()) -> 
     # Read by Ray Train from the driver's environment (it passes it to its controller): how
     # long a worker group may take to start before Ray Train tries again.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{cfg.train.start_timeout_s:g}"
-    cfg = resolve_recipe(cfg)
+    cfg = resolve_run(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -178,7 +180,8 @@ RESUMABLE_CHANGES = {
     "model": {"compile", "compile_mode", "channels_last"},
     "train": {"epochs", "max_failures", "num_to_keep", "storage_path", "run_name", "val_every", "placement",
               "min_workers", "resize_interval_s", "start_timeout_s", "audit_keys", "node_pool",
-              "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp"},
+              "fail_at_epoch", "stop_after_epoch", "use_gpu", "cpus_per_worker", "gpus_per_worker", "amp",
+              "amp_dtype"},
 }
 
 
@@ -205,7 +208,7 @@ def list_checkpoints(folder: str) -> list[str]:
 def check_resume(cfg: Config) -> str | None:
     """The checkpoint a rerun would resume from, after checking it was trained with this
     config; a ConfigError naming the differences otherwise."""
-    cfg = resolve_recipe(cfg)
+    cfg = resolve_run(cfg)
     folder = run_dir(cfg)
     checkpoints = list_checkpoints(folder)
     if not checkpoints:
@@ -221,11 +224,12 @@ def check_resume(cfg: Config) -> str | None:
     return str(checkpoints[-1])
 
 
-def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
+def run_training(cfg: Config, *, checked: bool = False, callbacks=()) -> TrainSummary:
     """Fit the trainer (resuming if a checkpoint of the same run, with the same config,
     exists) and write summary.json. ``checked``: the caller already ran ``check_inputs``
-    and ``check_resume`` (the CLI does, before it starts Ray)."""
-    cfg = resolve_recipe(cfg)
+    and ``check_resume`` (the CLI does, before it starts Ray). ``callbacks``: Ray Train
+    callbacks of the run (MLflow tracking's relay: edge_ray/tracking/ray_relay.py)."""
+    cfg = resolve_run(cfg)
     if not checked:
         check_inputs(cfg)
         check_resume(cfg)
@@ -240,7 +244,7 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
         folder, epochs = last
         state = "finished" if epochs >= cfg.train.epochs else f"from epoch {epochs + 1}"
         print(f"resuming {run_dir(cfg)} {state} (checkpoint {folder})", flush=True)
-    result = build_trainer(cfg).fit()
+    result = build_trainer(cfg, callbacks=callbacks).fit()
     ckpt = checkpoint_location(result.checkpoint, cfg) if result.checkpoint is not None else None
     history = load_checkpoint(ckpt)[1] if ckpt else []
     summary = TrainSummary(run_dir(cfg), ckpt, history, dict(result.metrics or {}))
