@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-EPOCHS = 10  # with 48 px images an epoch takes seconds: the run outlasts the shrink, the add and the regrow
+EPOCHS = 7  # with 48 px images an epoch takes seconds: the run outlasts the shrink, the add and the regrow
 
 
 def test_shrink_and_grow_back(bucket, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from edge_ray.train import builders
 from edge_ray.config import ConfigError, TrainConfig, load_config
-from edge_ray.train.recipes import describe_recipe, recipe_record, resolve_recipe
+from edge_ray.train.recipes import describe_recipe, recipe_record, resolve_recipe, resolve_run
 from edge_ray.train.ray_trainer import check_resume, run_dir
 from tests.conftest import ROOT
 
@@ -81,7 +81,7 @@ def test_engine_builds_the_resolved_optimiser():
 def _save_run(cfg):
     ckpt = Path(run_dir(cfg)) / "checkpoint_2026-12-01_10-00-00.000000"
     ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_text(json.dumps(resolve_recipe(cfg).to_dict()))  # as build_trainer saves it
+    (ckpt / "config.json").write_text(json.dumps(resolve_run(cfg).to_dict()))  # as build_trainer saves it
     return ckpt
 
 
@@ -92,3 +92,18 @@ def test_resume_compares_resolved_values(tmp_path):
     assert check_resume(load_config(None, base + ["train.optimizer=adam"])) == str(ckpt)  # same value, now explicit
     with pytest.raises(ConfigError, match="train.optimizer: 'adam' -> 'sgd'"):
         check_resume(load_config(None, base + ["train.optimizer=sgd"]))
+
+
+def test_resume_of_a_checkpoint_saved_without_normalization(tmp_path):
+    """Checkpoints written before runs recorded data.mean / data.std (None there) resume:
+    None meant ImageNet's values, which is what an unset value resolves to now."""
+    base = ["loss.method=bce", f"train.storage_path={tmp_path}", "train.run_name=r"]
+    cfg = load_config(None, base)
+    ckpt = Path(run_dir(cfg)) / "checkpoint_2026-12-01_10-00-00.000000"
+    ckpt.mkdir(parents=True)
+    old = resolve_recipe(cfg).to_dict()
+    assert old["data"]["mean"] is None and old["data"]["std"] is None
+    (ckpt / "config.json").write_text(json.dumps(old))
+    assert check_resume(load_config(None, base)) == str(ckpt)
+    with pytest.raises(ConfigError, match=r"data.mean: \[0.485, 0.456, 0.406\] -> \[0.5, 0.5, 0.5\]"):
+        check_resume(load_config(None, base + ["data.mean=[0.5,0.5,0.5]"]))

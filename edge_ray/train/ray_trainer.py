@@ -200,6 +200,20 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     return out
 
 
+def _with_normalization(saved: dict) -> dict:
+    """A saved config.json with an unset data.mean / data.std (checkpoints written before
+    runs recorded the backbone's normalisation) filled the way ``resolve_run`` fills them
+    now, so such a run resumes instead of being refused for a difference it does not have."""
+    from edge_ray.models import normalization
+
+    data = dict(saved.get("data", {}))
+    if data.get("mean") is None or data.get("std") is None:
+        mean, std = normalization(saved["model"]["name"])
+        data["mean"] = list(data.get("mean") or mean)
+        data["std"] = list(data.get("std") or std)
+    return {**saved, "data": data}
+
+
 def list_checkpoints(folder: str) -> list[str]:
     """The ``checkpoint_*`` folders of a run that hold config.json, oldest first."""
     return [c for c in checkpoint_folders(folder) if storage.is_file(storage.join(c, "config.json"))]
@@ -213,7 +227,7 @@ def check_resume(cfg: Config) -> str | None:
     checkpoints = list_checkpoints(folder)
     if not checkpoints:
         return None
-    saved = storage.read_json(storage.join(checkpoints[-1], "config.json"))
+    saved = _with_normalization(storage.read_json(storage.join(checkpoints[-1], "config.json")))
     changes = config_changes(saved, cfg.to_dict())
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
