@@ -33,7 +33,7 @@ def _raise(signum, frame):
 
 
 # What must happen before an interrupted process leaves (MLflow runs end KILLED:
-# edge_ray/tracking/client.py); each hook bounds its own time, and a failing one is skipped.
+# edge_ray/tracking/commands.py); each hook bounds its own time, and a failing one is skipped.
 _AT_INTERRUPT: list = []
 
 

@@ -25,7 +25,7 @@ from edge_ray.tracking.settings import add_flag as add_tracking_flag
 
 def run(args) -> int:
     from edge_ray.compare.ray_compare import run as run_compare
-    from edge_ray.tracking.client import prepare as prepare_tracking
+    from edge_ray.tracking.commands import prepare as prepare_tracking
 
     prepare_tracking(args)  # MLflow's import (seconds) overlaps the study's set-up
 

@@ -156,7 +156,7 @@ def run(args) -> int:
     _header(runs, methods, args.seeds, n_slots, out, edge_source)
     t = base.train
     # MLflow (edge_ray/tracking): a parent run for the study, a child per method x seed, from this driver
-    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking import commands as tracking
     from edge_ray.tracking.content import config_params
     from edge_ray.tracking.ray_study import StudyTracking
 

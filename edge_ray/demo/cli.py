@@ -33,7 +33,7 @@ def add_parser(sub, common) -> None:
 
 def run(args) -> int:
     from edge_ray.demo.ray_demo import run as run_demo
-    from edge_ray.tracking.client import prepare as prepare_tracking
+    from edge_ray.tracking.commands import prepare as prepare_tracking
 
     prepare_tracking(args)  # MLflow's import (seconds) overlaps the shards and Ray's start
 

@@ -101,7 +101,7 @@ def run(args) -> int:
     cfg = demo_config(data, out, preset, args.seed)
     tag = f"{'quick' if args.quick else 'full'}-seed{args.seed}"
     # MLflow (edge_ray/tracking): a run for the demo, a child per training, from this driver
-    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking import commands as tracking
     from edge_ray.tracking.ray_study import StudyTracking
 
     with tracking.command(args, "demo", quiet=True) as tracker:

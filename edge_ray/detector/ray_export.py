@@ -7,7 +7,7 @@ from edge_ray import storage
 
 def run(args) -> int:
     from edge_ray.detector.export import export_detector
-    from edge_ray.tracking.client import prepare as prepare_tracking
+    from edge_ray.tracking.commands import prepare as prepare_tracking
 
     prepare_tracking(args)  # MLflow's import (seconds) overlaps the export
 
@@ -41,7 +41,7 @@ def run(args) -> int:
         print(f"  ID test mAP {100 * card['evaluation']['id_test_map']:.1f}%, mean FPR95 {100 * row['mean']['fpr95']:.1f}% "
               f"/ AUROC {100 * row['mean']['auroc']:.1f}% over {len(row) - 1} OOD set(s) (model_card.md)")
     # MLflow (edge_ray/tracking): the detector folder as an artifact of the exported training's run
-    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking import commands as tracking
 
     def log(run):
         run.log_folder(res["out"], "detector")

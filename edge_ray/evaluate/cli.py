@@ -33,7 +33,7 @@ def run(args) -> int:
     from edge_ray import storage
     from edge_ray.evaluate.pipeline import check_score_names, evaluate_checkpoint
     from edge_ray.scores import SCORES
-    from edge_ray.tracking.client import prepare as prepare_tracking
+    from edge_ray.tracking.commands import prepare as prepare_tracking
     from edge_ray.train.checkpoint import find_checkpoint
 
     prepare_tracking(args)  # MLflow's import (seconds) overlaps the evaluation
@@ -55,7 +55,7 @@ def run(args) -> int:
     print(storage.read_text(res["paths"]["markdown"]))
     print(f"results: {out} ({', '.join(storage.basename(p) for p in res['paths']['plots'])})")
     # MLflow (edge_ray/tracking): Table 3 and its files on the run of the evaluated training
-    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking import commands as tracking
 
     tracking.log_to_training(args, "eval", checkpoint, lambda run: tracking.log_evaluation(
         run, res, step=tracking.checkpoint_step(checkpoint)))

@@ -8,6 +8,8 @@ of the training they read.
 - ``content.py``: what is logged (config -> params, epoch -> metrics, Table 3 -> metrics).
 - ``client.py``: the MLflow client, run by one background thread on the driver: a command
   never waits for it and never fails because of it.
+- ``commands.py``: a command's tracker (opened, closed with the command's status), and
+  ``eval`` / ``export`` logging to the run of the training they read.
 - ``ray_relay.py``: rank 0's epoch metrics from Ray Train's controller to the driver.
 - ``ray_tune_callback.py``: a search's trials, from Ray Tune's driver-side callbacks.
 

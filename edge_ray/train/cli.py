@@ -32,7 +32,7 @@ def run(args) -> int:
     from edge_ray.train.ray_trainer import check_inputs, check_resume, run_training
     from edge_ray.train.recipes import describe_recipe
 
-    from edge_ray.tracking.client import prepare as prepare_tracking
+    from edge_ray.tracking.commands import prepare as prepare_tracking
 
     prepare_tracking(args)  # MLflow's import (seconds) overlaps the checks and Ray's start
     cfg = load_config(args.config, args.overrides)
@@ -45,7 +45,7 @@ def run(args) -> int:
           f"({'GPU' if cfg.train.use_gpu else 'CPU'}, Ray: {where}) -> {cfg.train.storage_path}/{cfg.train.run_name}")
     print(f"  recipe: {describe_recipe(cfg)}", flush=True)
     # MLflow (edge_ray/tracking): one run for this training, its epochs logged here on the driver
-    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking import commands as tracking
     from edge_ray.tracking.ray_relay import Relay
     from edge_ray.train.recipes import resolve_run
 

@@ -9,7 +9,7 @@ from edge_ray.tune.settings import OBJECTIVES
 
 
 def run(args) -> int:
-    from edge_ray.tracking.client import prepare as prepare_tracking
+    from edge_ray.tracking.commands import prepare as prepare_tracking
     from edge_ray.tune.ray_tune import run as run_tune
 
     prepare_tracking(args)  # MLflow's import (seconds) overlaps the search's set-up

@@ -285,7 +285,7 @@ def run(args) -> int:
     where = connect(args.address)
     print(f"Ray: {where}")
     # MLflow (edge_ray/tracking): a run for the search, a child per trial, logged from this driver
-    from edge_ray.tracking import client as tracking
+    from edge_ray.tracking import commands as tracking
     from edge_ray.tracking.ray_tune_callback import SearchTracking, TrialsToMLflow
 
     with tracking.command(args, "tune") as tracker, SearchTracking(tracker, s) as search:
