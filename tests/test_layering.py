@@ -44,3 +44,13 @@ def test_every_ray_module_is_named_for_it():
     named = [p for folder in ("edge_ray", "shards") for p in (ROOT / folder).rglob("ray_*.py")]
     wrong = [str(p) for p in named if not (_imports_ray(p) or _uses_ray_module(p))]
     assert named and not wrong, wrong
+
+
+def test_the_tree_keeps_its_shape():
+    """ARCHITECTURE.md: no module of the package over 400 lines, at most 8 modules loose at
+    edge_ray/'s root (the rest live in one folder per capability)."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "edge_ray").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these by responsibility: {long}"
+    loose = sorted(p.name for p in (ROOT / "edge_ray").glob("*.py"))
+    assert len(loose) <= 8, f"{len(loose)} modules at edge_ray/'s root, move some into a folder: {loose}"
