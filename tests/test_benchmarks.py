@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import predict, rank_oe, reader, throughput
+from benchmarks import backbones, predict, rank_oe, reader, throughput
 
 
 def finite_positive(x) -> bool:
@@ -29,6 +29,16 @@ def test_reader_smoke(tmp_path):
         assert r["cpu_vs_baseline"] == pytest.approx(want, abs=1e-3)
     saved = json.loads((tmp_path / "reader.json").read_text())
     assert all("cpu_ms_per_img" in r and r["image_size"] == 32 for r in saved["results"])
+
+
+def test_backbones_smoke(tiny_shards, tmp_path):
+    """benchmarks/backbones.py: each model's epochs on the tiny config, their CPU time, D."""
+    out = backbones.main(["--smoke", "--data", str(tiny_shards), "--json", str(tmp_path / "b.json")])
+    (row,) = out["results"]
+    assert row["model"] == "smallcnn" and row["feature_dim"] == 128 and row["steps_per_epoch"] == 2
+    assert [e["steps"] for e in row["epochs"]] == [2, 2] and all(math.isfinite(e["loss"]) for e in row["epochs"])
+    assert finite_positive(row["cpu_s_per_epoch"]) and row["cpu_s_per_epoch"] == row["epochs"][1]["cpu_s"]
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["model"] == "smallcnn"
 
 
 @pytest.mark.slow
