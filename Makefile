@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python launch.py demo $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q --durations=10 tests $(ARGS)
 
 # The UI is the full `mlflow` package (its own venv: it pins pyarrow<26, which this project's
 # environment does not need); installed on first use, then `mlflow ui` on the local store.
