@@ -267,3 +267,45 @@ def test_asha_on_epochs_and_fractional_resources(tiny_shards, tmp_path):
     two_ranks = replace(gpu, config={**gpu.config, "train": {**gpu.config["train"], "num_workers": 2}})
     with pytest.raises(ConfigError, match="needs train.num_workers=1"):
         check_search(two_ranks)
+
+
+def test_space_leaves_out_what_train_refuses(tiny_shards, tmp_path):
+    """Issue 33: no trial trains a config `launch.py train` would refuse. tau above
+    train.epochs is left out at set-up, and said; the smallest train.epochs / data.batch_size
+    the space samples bounds the rest; a space with nothing left is refused with the fix."""
+    import itertools
+
+    from edge_ray.tune.space import apply_params, build_space, read_space
+
+    tiny = load_config(ROOT / "configs/tiny.yaml")  # 2 epochs
+    notes = []
+    grid, fixed = build_space(read_space(ROOT / "tuning/paper_grid.yaml"), tiny, source="grid", notes=notes)
+    assert list(grid["loss.tau"].choices) == [0, 1, 2]
+    assert notes == ["grid: loss.tau: left out 5 (train refuses it with train.epochs=2); searching [0, 1, 2]"]
+    # every configuration the grid can sample passes train's checks (brute force over the product)
+    for values in itertools.product(*(d.choices for d in grid.values())):
+        cfg = apply_params(tiny, dict(zip(grid, values)))
+        assert load_config(None, [f"{k}={v}" for k, v in dict(zip(grid, values)).items()]
+                           + ["train.epochs=2"]).loss.tau == cfg.loss.tau
+    # the untrimmed value is what train refuses, and a trial's config goes through the same check
+    with pytest.raises(ConfigError, match="loss.tau=5 > train.epochs=2"):
+        apply_params(tiny, {"loss.tau": 5})
+    notes = []
+    build_space(read_space(ROOT / "tuning/paper_grid.yaml"), load_config(ROOT / "configs/voc.yaml"), notes=notes)
+    assert notes == []  # 20 epochs: nothing to leave out
+
+    notes = []
+    space = {"loss.tau": {"randint": [0, 6]}, "train.epochs": {"choice": [8, 3]}}
+    dists, _ = build_space(space, tiny, notes=notes)
+    assert (dists["loss.tau"].low, dists["loss.tau"].high) == (0, 3) and "left out 4..5" in notes[0]
+    with pytest.raises(ConfigError, match="no value fits a run with train.epochs=2"):
+        build_space({"loss.tau": {"choice": [3, 4]}}, tiny)
+    with pytest.raises(ConfigError, match=r"no value fits a run with train.epochs=2 \(train refuses each: 3\)"):
+        build_space({"loss.tau": 3, "loss.beta": {"choice": [1, 0.1]}}, tiny)
+    with pytest.raises(ConfigError, match="loss.k=32 is larger than the per-rank ID batch data.batch_size=16"):
+        build_space({"loss.k": {"choice": [8, 32]}, "data.batch_size": {"choice": [64, 16]}}, tiny)
+
+    s = _settings(tiny_shards, tmp_path, "trim")  # continuous.yaml's tau 0..2 on 1 epoch
+    notes = []
+    dists, _ = check_search(s, notes)
+    assert (dists["loss.tau"].low, dists["loss.tau"].high) == (0, 1) and "left out 2 (train refuses" in notes[0]

@@ -91,8 +91,8 @@ def validate(cfg: Config) -> Config:
 
 
 def check_schedule(cfg: Config) -> Config:
-    """The user's own tau must lie within the run. (A search may sample tau >= epochs: that
-    trial trains EDGE without its gap, as tuning/paper_grid.yaml says, so tune spaces skip this.)"""
+    """tau must lie within the run (tau = epochs trains EDGE without its gap). A search
+    space leaves out the values this refuses (``tune.space``), so no trial trains one."""
     if cfg.loss.method == "edge" and cfg.loss.tau > cfg.train.epochs:
         raise ConfigError(f"loss.tau={cfg.loss.tau} > train.epochs={cfg.train.epochs}: tau counts the "
                           "epochs before EDGE's gap term switches on, so it must lie within the run; "

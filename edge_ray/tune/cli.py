@@ -38,7 +38,8 @@ def add_parser(sub, common) -> None:
                     "TPE on Ray Tune; every trial is a Ray Train run, ASHA stops weak ones early. The "
                     "objective uses ID validation (data.id_val) and held-out OE (data.oe_val) only.")
     p.add_argument("--config", help="base YAML config (see configs/)")
-    p.add_argument("--space", help="search space YAML (see tuning/)")
+    p.add_argument("--space", help="search space YAML (see tuning/); values a run of this length refuses "
+                                   "(loss.tau above train.epochs) are left out, and the search says which")
     p.add_argument("--trials", type=int, help="number of trials")
     p.add_argument("--metric", default="val_fpr95", help=f"objective, one of {', '.join(OBJECTIVES)} "
                                                          "(default val_fpr95)")

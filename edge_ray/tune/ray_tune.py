@@ -281,7 +281,10 @@ def settings_from_args(args) -> SearchSettings:
 
 def run(args) -> int:
     s = settings_from_args(args)
-    check_search(s)  # fail on input before Ray starts
+    notes: list[str] = []
+    check_search(s, notes)  # fail on input before Ray starts
+    for note in notes:
+        print(note, flush=True)
     where = connect(args.address)
     print(f"Ray: {where}")
     # MLflow (edge_ray/tracking): a run for the search, a child per trial, logged from this driver

@@ -143,8 +143,9 @@ def check_metrics(cfg: Config, metrics: tuple, modes: tuple) -> None:
                               f"Optuna need it every epoch: set train.val_every=1 (got {cfg.train.val_every})")
 
 
-def check_search(s: SearchSettings) -> tuple[dict, dict]:
-    """All input checks (no Ray needed); returns the Optuna distributions and fixed values."""
+def check_search(s: SearchSettings, notes: list | None = None) -> tuple[dict, dict]:
+    """All input checks (no Ray needed); returns the Optuna distributions and fixed values.
+    ``notes`` gets a line per value the space leaves out because the run refuses it."""
     from edge_ray.data import load_index
     from edge_ray.train.ray_trainer import check_inputs
 
@@ -158,7 +159,7 @@ def check_search(s: SearchSettings) -> tuple[dict, dict]:
     if cfg.train.use_gpu and cfg.train.num_workers > 1 and cfg.train.gpus_per_worker < 1:
         raise ConfigError("a fraction of a GPU per worker needs train.num_workers=1 (NCCL cannot put two "
                           "ranks of one run on the same GPU); raise --gpus-per-trial or use one worker")
-    dists, fixed = build_space(s.space, cfg, source=s.space_file or "space")
+    dists, fixed = build_space(s.space, cfg, source=s.space_file or "space", notes=notes)
     check_metrics(cfg, s.metrics, s.modes)
     check_no_leak(cfg)
     if cfg.data.oe_val:

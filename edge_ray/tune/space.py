@@ -7,7 +7,11 @@
     loss.gap:   mean                                   # a plain value: fixed for every trial
 
 Every key must be a key of the config and every value the config would accept, so a typo
-or an impossible range fails here, with the fix, before any trial starts. The distributions
+or an impossible range fails here, with the fix, before any trial starts. Values that the
+config accepts but a run of this length does not (``loss.tau`` beyond ``train.epochs``:
+``train`` refuses it) are left out of the space here, and the caller says so: no trial
+trains a configuration ``launch.py train`` would refuse. Where the space also samples
+``train.epochs`` or ``data.batch_size``, the others are checked against their smallest value. The distributions
 become Optuna distributions named by the dotted key, so a study opened with the usual Optuna
 tools shows ``loss.alpha``, not an internal name.
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from edge_ray.config import Config, ConfigError, from_dict, validate
+from edge_ray.config import Config, ConfigError, check_schedule, from_dict, validate
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
 # Data sets stay fixed: the objective is measured on some (a trial must not pick its own exam)
@@ -37,8 +41,19 @@ def nest(params: dict) -> dict:
 
 
 def apply_params(cfg: Config, params: dict) -> Config:
-    """The config a trial trains: ``cfg`` with the sampled (and fixed) values of the space."""
-    return validate(from_dict(nest(params), base=cfg))
+    """The config a trial trains: ``cfg`` with the sampled (and fixed) values of the space,
+    through the checks ``launch.py train`` runs (``validate``, ``check_schedule``)."""
+    return check_schedule(validate(from_dict(nest(params), base=cfg)))
+
+
+def _fits_run(cfg: Config, key: str, value) -> bool:
+    """Whether ``key=value`` passes the checks that depend on the run's length
+    (``check_schedule``); the config's own rules were checked by ``_check_value``."""
+    try:
+        check_schedule(validate(from_dict(nest({key: value}), base=cfg)))
+        return True
+    except ConfigError:
+        return False
 
 
 def read_space(path: str | Path) -> dict:
@@ -58,7 +73,7 @@ def read_space(path: str | Path) -> dict:
 def _check_value(cfg: Config, key: str, value, where: str) -> None:
     """Apply one value to the base config, so type and range errors surface now."""
     try:
-        apply_params(cfg, {key: value})
+        validate(from_dict(nest({key: value}), base=cfg))
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 
@@ -78,10 +93,13 @@ def _bounds(spec: list, kind: str, where: str) -> tuple:
     return low, high
 
 
-def _distribution(cfg: Config, key: str, spec, where: str) -> optuna.distributions.BaseDistribution | None:
+def _distribution(cfg: Config, key: str, spec, where: str,
+                  notes: list | None = None) -> optuna.distributions.BaseDistribution | None:
     """One entry -> an Optuna distribution, or None for a fixed value (checked, then kept)."""
     if not isinstance(spec, dict):
         _check_value(cfg, key, spec, where)
+        if not _fits_run(cfg, key, spec):
+            _restricted(cfg, key, where, [spec], "", notes)  # a fixed value that does not fit: refused
         return None
     if len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise ConfigError(f"{where}: write one of {', '.join(KINDS)}, e.g. "
@@ -98,7 +116,10 @@ def _distribution(cfg: Config, key: str, spec, where: str) -> optuna.distributio
             raise ConfigError(f"{where}: the choice list {arg!r} repeats a value")
         for value in arg:
             _check_value(cfg, key, value, where)
-        return optuna.distributions.CategoricalDistribution(list(arg))
+        kept = [v for v in arg if _fits_run(cfg, key, v)]
+        if len(kept) < len(arg):
+            _restricted(cfg, key, where, [v for v in arg if v not in kept], kept, notes)
+        return optuna.distributions.CategoricalDistribution(kept)
     low, high = _bounds(arg, kind, where)
     if kind == "randint":
         if not (low.is_integer() and high.is_integer()):
@@ -107,6 +128,12 @@ def _distribution(cfg: Config, key: str, spec, where: str) -> optuna.distributio
         if high < low:
             raise ConfigError(f"{where}: randint {arg!r} is an empty range (the upper bound is "
                               f"excluded); use [{low}, {low + 1}] or more")
+        top = high
+        while top >= low and not _fits_run(cfg, key, top):
+            top -= 1
+        if top < high:
+            _restricted(cfg, key, where, [f"{top + 1}..{high}" if top + 1 < high else high], f"{low}..{top}" if top >= low else "", notes)
+            high = top
         dist = optuna.distributions.IntDistribution(low, high)
     else:
         if is_int:
@@ -118,12 +145,28 @@ def _distribution(cfg: Config, key: str, spec, where: str) -> optuna.distributio
         dist = optuna.distributions.FloatDistribution(low, high, log=kind == "loguniform")
     for value in (low, high):
         _check_value(cfg, key, int(value) if kind == "randint" else value, where)
+        if not _fits_run(cfg, key, int(value) if kind == "randint" else value):
+            check_schedule(validate(from_dict(nest({key: value}), base=cfg)))  # raises the reason
     return dist
 
 
-def build_space(space: dict, cfg: Config, *, source: str = "space") -> tuple[dict, dict]:
-    """Check a space against ``cfg``; return (Optuna distributions, fixed values) by dotted key."""
+def _restricted(cfg: Config, key: str, where: str, dropped: list, kept, notes: list | None) -> None:
+    """A value the run's length rules out: dropped with a note, or the whole entry refused."""
+    reason = f"train.epochs={cfg.train.epochs}" if key == "loss.tau" else "the run's other settings"
+    if not kept:
+        raise ConfigError(f"{where}: no value fits a run with {reason} (train refuses each: "
+                          f"{', '.join(map(str, dropped))}); lower them or raise train.epochs")
+    if notes is not None:
+        notes.append(f"{where}: left out {', '.join(map(str, dropped))} (train refuses it with {reason}); "
+                     f"searching {kept}")
+
+
+def build_space(space: dict, cfg: Config, *, source: str = "space",
+                notes: list | None = None) -> tuple[dict, dict]:
+    """Check a space against ``cfg``; return (Optuna distributions, fixed values) by dotted key.
+    Values left out because a run of this length refuses them are described in ``notes``."""
     dists, fixed = {}, {}
+    cfg = _smallest_run(space, cfg, source)
     for key, spec in space.items():
         where = f"{source}: {key}"
         if not isinstance(key, str) or "." not in key:
@@ -137,7 +180,7 @@ def build_space(space: dict, cfg: Config, *, source: str = "space") -> tuple[dic
                 from_dict(nest({key: None}), base=cfg)
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from None
-        dist = _distribution(cfg, key, spec, where)
+        dist = _distribution(cfg, key, spec, where, notes)
         if dist is None:
             fixed[key] = spec
         else:
@@ -146,6 +189,31 @@ def build_space(space: dict, cfg: Config, *, source: str = "space") -> tuple[dic
         raise ConfigError(f"{source}: nothing to search, every entry is a fixed value; "
                           "give at least one key a choice/uniform/loguniform/randint")
     return dists, fixed
+
+
+SIZE_KEYS = ("train.epochs", "data.batch_size")  # other keys' limits depend on these
+
+
+def _smallest_run(space: dict, cfg: Config, source: str) -> Config:
+    """``cfg`` with the smallest ``train.epochs`` / ``data.batch_size`` the space can sample,
+    so every other key is checked against the run that allows it least."""
+    smallest = {}
+    for key in SIZE_KEYS:
+        spec = space.get(key)
+        if isinstance(spec, dict) and len(spec) == 1:
+            kind, arg = next(iter(spec.items()))
+            values = arg if kind == "choice" else arg[:1] if isinstance(arg, (list, tuple)) else []
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if numbers:
+                smallest[key] = int(min(numbers))
+        elif isinstance(spec, int) and not isinstance(spec, bool):
+            smallest[key] = spec
+    if not smallest:
+        return cfg
+    try:
+        return validate(from_dict(nest(smallest), base=cfg))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _known(cfg: Config, key: str) -> bool:
