@@ -113,6 +113,9 @@ def test_bad_inputs_are_one_line(tiny_shards, tmp_path, capsys):
     one_line_error(capsys, base + ["--methods", "edge", "energy0e"], "did you mean 'energy_oe'")
     one_line_error(capsys, base + ["--oe", "oe_nothing"], "choose one of oe_china, oe_digit7")
     one_line_error(capsys, base + ["--edge-from-study", str(tmp_path / "none")], "no search.yaml and trials.csv")
+    one_line_error(capsys, base + ["--from-study", f"oe={tmp_path / 'none'}"], "error: --from-study oe=")
+    one_line_error(capsys, base + ["--methods", "oe", "edge", "--from-study", f"bce={tmp_path}"],
+                   "--from-study names bce, which --methods does not compare")
     one_line_error(capsys, base + ["--seeds", "0"], "--seeds must be >= 1")
     one_line_error(capsys, base + ["--config", "configs/tiny.yaml"], "--data choose the embedded benchmark")
     no_oe = tiny_overrides(tiny_shards, tmp_path, **{"data.oe": ""})

@@ -7,7 +7,8 @@ import yaml
 
 from edge_ray.config import ConfigError, load_config
 from edge_ray.compare.ray_compare import slots
-from edge_ray.compare.ray_runs import edge_params_from_study, load_finished, parse_methods, plan, save_run
+from edge_ray.compare.ray_runs import (edge_params_from_study, load_finished, params_from_study, parse_methods,
+                                      parse_studies, plan, save_run)
 
 
 def test_method_spellings():
@@ -46,13 +47,13 @@ def test_a_finished_run_is_reused_only_for_the_same_config_and_scores(tmp_path):
     assert longer.name == run.name and load_finished(longer, ["jointenergy"]) is None
 
 
-def _search(tmp_path, metrics, modes, rows):
+def _search(tmp_path, metrics, modes, rows, space=None):
     folder = tmp_path / "tune" / "s1"
     folder.mkdir(parents=True)
-    space = {"loss.beta": {"choice": [0.1, 0.01]}, "loss.m": {"uniform": [0, 5]}}
+    space = space or {"loss.beta": {"choice": [0.1, 0.01]}, "loss.m": {"uniform": [0, 5]}}
     (folder / "search.yaml").write_text(yaml.safe_dump({"name": "s1", "space": space, "metrics": metrics,
                                                         "modes": modes}))
-    cols = ["trial", "status", "epochs", "loss.beta", "loss.m", *metrics, "seconds", "checkpoint", "error"]
+    cols = ["trial", "status", "epochs", *space, *metrics, "seconds", "checkpoint", "error"]
     with open(folder / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -74,6 +75,35 @@ def test_edge_values_from_the_best_pareto_trial(tmp_path):
     empty = _search(tmp_path / "y", ["val_map"], ["max"], [])
     with pytest.raises(ConfigError, match="no finished trial"):
         edge_params_from_study(str(empty))
+
+
+def test_each_method_from_its_own_study(tmp_path):
+    """Issue 33: `--from-study oe=DIR edge=DIR`: each method's best trial, applied to its runs
+    only; a study of another method's loss keys is refused; the words after the flag that
+    are overrides stay overrides."""
+    edge_rows = [{"trial": "e1", "status": "DONE", "loss.beta": 0.01, "loss.m": 4.0, "val_fpr95": 0.2}]
+    oe_rows = [{"trial": "o1", "status": "DONE", "loss.alpha": 0.1, "val_fpr95": 0.3},
+               {"trial": "o2", "status": "DONE", "loss.alpha": 10, "val_fpr95": 0.1}]
+    edge = _search(tmp_path / "e", ["val_fpr95"], ["min"], edge_rows)
+    oe = _search(tmp_path / "o", ["val_fpr95"], ["min"], oe_rows, space={"loss.alpha": {"choice": [10, 1, 0.1]}})
+    studies, overrides = parse_studies([f"oe={oe}", f"EDGE={edge}", "train.epochs=3"], None, ["bce", "oe", "edge"])
+    assert studies == {"oe": str(oe), "edge": str(edge)} and overrides == ["train.epochs=3"]
+    tuned = {m: params_from_study(w, m) for m, w in studies.items()}
+    assert tuned["oe"][0] == {"loss.alpha": 10} and "trial o2 of search 's1'" in tuned["oe"][1]
+    runs = plan(_base(tmp_path), ["bce", "oe", "edge"], [0, 1], "/data/oe", tuned={m: v for m, (v, _) in tuned.items()})
+    by = {r.name: r.cfg.loss for r in runs}
+    assert by["compare-oe-seed1"].alpha == 10 and by["compare-edge-seed1"].alpha == 1.0   # each its own values
+    assert (by["compare-edge-seed0"].beta, by["compare-edge-seed0"].m) == (0.01, 4.0) and by["compare-oe-seed0"].m == 1.0
+    assert by["compare-bce-seed0"].alpha == 1.0
+    with pytest.raises(ConfigError, match="the search tuned loss.beta, loss.m, which OE does not use"):
+        params_from_study(str(edge), "oe")
+    with pytest.raises(ConfigError, match="--from-study names energy_oe, which --methods does not compare"):
+        parse_studies([f"energyoe={oe}"], None, ["oe", "edge"])
+    with pytest.raises(ConfigError, match="both name EDGE's study"):
+        parse_studies([f"edge={edge}"], str(edge), ["oe", "edge"])
+    with pytest.raises(ConfigError, match="takes METHOD=TUNE_OUT"):
+        parse_studies(["oe"], None, ["oe", "edge"])
+    assert parse_studies(None, str(edge), ["oe", "edge"]) == ({"edge": str(edge)}, [])
 
 
 def test_slots_from_cluster_resources(tmp_path):

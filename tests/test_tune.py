@@ -237,6 +237,9 @@ def test_space_files_fit_the_shipped_configs():
         for space in ("paper_grid", "continuous"):
             dists, _ = build_space(read_space(ROOT / f"tuning/{space}.yaml"), cfg)
             assert {"loss.alpha", "loss.beta", "loss.m", "loss.k", "loss.tau"} <= set(dists)
+        oe, _ = build_space(read_space(ROOT / "tuning/oe.yaml"), load_config(ROOT / f"configs/{config}.yaml",
+                                                                             ["loss.method=oe"]))
+        assert set(oe) == {"loss.alpha"}
     grid, _ = build_space(read_space(ROOT / "tuning/paper_grid.yaml"), load_config(ROOT / "configs/tiny.yaml"))
     assert list(grid["loss.alpha"].choices) == [10, 1, 0.1, 0.01, 0.001]
     assert list(grid["loss.beta"].choices) == [1, 0.1, 0.01, 0.001, 0.0001]

@@ -61,6 +61,10 @@ def add_parser(sub, common) -> None:
     p.add_argument("--config", default=None, help="a training config to compare on instead of the embedded benchmark")
     p.add_argument("--edge-from-study", default=None, metavar="TUNE_OUT",
                    help="take EDGE's tuned values from a `launch.py tune` output folder (best Pareto trial)")
+    p.add_argument("--from-study", nargs="+", default=None, metavar="METHOD=TUNE_OUT",
+                   help="take each method's tuned values from its own search, e.g. --from-study "
+                        "oe=results/tune/oe-search edge=results/tune/edge-search (each method tuned on the same "
+                        "held-out data and budget); the chosen values are printed and kept in results.json")
     p.add_argument("--scores", nargs="+", default=None, help="scores to evaluate (default: all eleven)")
     p.add_argument("--cpus-per-run", type=float, default=None, help="CPUs of one run's Train workers together "
                    "(fractions allowed; default from the config)")

@@ -13,7 +13,7 @@ import ray
 from edge_ray import storage
 from edge_ray.config import Config, ConfigError, apply_overrides, load_config
 from edge_ray.train.recipes import describe_recipe, recipe_record
-from edge_ray.compare.ray_runs import drive, edge_params_from_study, parse_methods, plan
+from edge_ray.compare.ray_runs import drive, params_from_study, parse_methods, parse_studies, plan
 from edge_ray.train.ray_trainer import check_inputs
 from edge_ray.tune.settings import runs_at_once
 
@@ -76,7 +76,7 @@ def slots(cfg: Config, resources: dict, max_concurrent: int, n: int) -> int:
     return runs_at_once(need, n, resources, what="run", fix="--{kind}s-per-run")
 
 
-def _header(runs, methods, seeds, n_slots, out, edge_source) -> None:
+def _header(runs, methods, seeds, n_slots, out, edge_source, tuned=None) -> None:
     print("=" * 78)
     print(f"compare: {' / '.join(methods)} x {seeds} seeds = {len(runs)} runs, {n_slots} at a time -> {out}")
     for method in methods:
@@ -86,6 +86,9 @@ def _header(runs, methods, seeds, n_slots, out, edge_source) -> None:
     if edge:
         print(f"  edge: alpha {edge.alpha:g}, beta {edge.beta:g}, k {edge.k}, m {edge.m:g}, tau {edge.tau}, "
               f"gap {edge.gap}" + (f"  <- {edge_source}" if edge_source else ""))
+    for method, (_, source) in (tuned or {}).items():
+        if method != "edge":
+            print(f"  {method}: {source}")
     print("=" * 78, flush=True)
 
 
@@ -98,7 +101,7 @@ def _gather_overrides(args) -> None:
         setattr(args, attr, [w for w in words if "=" not in w] or (None if attr == "scores" else []))
 
 
-def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start) -> dict:
+def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start, tuned) -> dict:
     """Everything results.json keeps: the setup, each run, the statistics, the machine."""
     from edge_ray.compare.stats import cells, map_rows, paired_map_tests, paired_tests
 
@@ -107,6 +110,7 @@ def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge
     return {"command": "python launch.py " + " ".join(sys.argv[1:]), "methods": methods,
             "seeds": list(range(args.seeds)), "scores": scores, "oe": oe, "edge_params": edge_params,
             "edge_params_source": edge_source,
+            "tuned": {m: {"params": values, "source": source} for m, (values, source) in tuned.items()},
             "recipes": {m: recipe_record(next(r.cfg for r in runs if r.method == m)) for m in methods},
             "runs": [{k: rec[k] for k in keep} | {"results": str(r.results_path), "reused": r.name in reused}
                      for r, rec in zip(runs, done)],
@@ -146,14 +150,17 @@ def run(args) -> int:
         raise ConfigError(f"--seeds must be >= 1 (2 or more for a std and a test), got {args.seeds}")
     scores = check_score_names(args.scores or list(SCORES))
     out = storage.normalize(args.out or ("results/compare-quick" if args.quick else "results/compare"))
-    edge_params, edge_source = edge_params_from_study(args.edge_from_study) if args.edge_from_study else ({}, "")
+    studies, more = parse_studies(args.from_study, args.edge_from_study, methods)
+    args.overrides = list(args.overrides) + more
+    tuned = {m: params_from_study(where, m) for m, where in studies.items()}  # method -> (values, source)
+    edge_params, edge_source = tuned.get("edge", ({}, ""))
     base, oe = base_config(args, out)
-    runs = plan(base, methods, range(args.seeds), oe, edge_params)
+    runs = plan(base, methods, range(args.seeds), oe, tuned={m: v for m, (v, _) in tuned.items()})
     for method in methods:  # input problems surface now, not in the middle of the study
         check_inputs(next(r.cfg for r in runs if r.method == method))
     connect(args.address)
     n_slots = slots(base, ray.cluster_resources(), args.max_concurrent, len(runs))
-    _header(runs, methods, args.seeds, n_slots, out, edge_source)
+    _header(runs, methods, args.seeds, n_slots, out, edge_source, tuned)
     t = base.train
     # MLflow (edge_ray/tracking): a parent run for the study, a child per method x seed, from this driver
     from edge_ray.tracking import commands as tracking
@@ -167,7 +174,7 @@ def run(args) -> int:
         records, reused = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
                                 eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0,
                                 tracking=study)
-        payload = _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start)
+        payload = _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start, tuned)
         score = "jointenergy" if "jointenergy" in scores else scores[0]
         paths = write_study(out, payload, (score,))
         _report(payload, score, paths, len(reused))

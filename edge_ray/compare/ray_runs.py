@@ -32,16 +32,22 @@ from edge_ray.tune.space import apply_params
 ALIASES = {"energyoe": "energy_oe", "hendrycksoe": "hendrycks_oe", "db": "dbloss"}
 
 
+def method_name(raw: str, flag: str = "--methods") -> str:
+    """One CLI method name -> its loss.method value; a clear error for a typo."""
+    key = raw.lower().replace("-", "_")
+    method = ALIASES.get(key.replace("_", ""), key)
+    if method not in LOSSES:
+        hint = did_you_mean(key, LOSSES, aliases=ALIASES)
+        raise ConfigError(f"{flag}: unknown method {raw!r}; {hint}choose from {', '.join(LOSSES)} "
+                          "(energyoe = energy_oe)")
+    return method
+
+
 def parse_methods(names) -> list[str]:
     """CLI method names -> loss.method values, in order; one clear error for a typo or a repeat."""
     out = []
     for raw in names:
-        key = raw.lower().replace("-", "_")
-        method = ALIASES.get(key.replace("_", ""), key)
-        if method not in LOSSES:
-            hint = did_you_mean(key, LOSSES, aliases=ALIASES)
-            raise ConfigError(f"--methods: unknown method {raw!r}; {hint}choose from {', '.join(LOSSES)} "
-                              "(energyoe = energy_oe)")
+        method = method_name(raw)
         if method in out:
             raise ConfigError(f"--methods names {method} twice; list each method once")
         out.append(method)
@@ -65,17 +71,20 @@ class Run:
         return storage.join(run_dir(self.cfg), "results.json")
 
 
-def plan(base: Config, methods, seeds, oe: str, edge_params: dict | None = None) -> list[Run]:
+def plan(base: Config, methods, seeds, oe: str, edge_params: dict | None = None, *,
+         tuned: dict | None = None) -> list[Run]:
     """Every method x seed: loss.method, train.seed, the run name, OE for OE methods only,
-    and EDGE's tuned values when given. Recipes are resolved per method (train.recipes)."""
+    and each method's tuned values when given (``tuned``: method -> values by dotted key;
+    ``edge_params``: EDGE's). Recipes are resolved per method (train.recipes)."""
+    tuned = {**({"edge": edge_params} if edge_params else {}), **(tuned or {})}
     runs = []
     for method in methods:
         for seed in seeds:
             cfg = replace(base, loss=replace(base.loss, method=method),
                           data=replace(base.data, oe=oe if LOSSES[method].uses_oe else ""),
                           train=replace(base.train, seed=seed, run_name=f"compare-{method}-seed{seed}"))
-            if method == "edge" and edge_params:
-                cfg = apply_params(cfg, edge_params)
+            if tuned.get(method):
+                cfg = apply_params(cfg, tuned[method])
             runs.append(Run(method, seed, resolve_recipe(validate(cfg))))
     return runs
 
@@ -203,16 +212,53 @@ def _cell(value: str):
     return None if value == "" else value
 
 
+def _flag(method: str) -> str:
+    return f"--from-study {method}="
+
+
 def edge_params_from_study(where: str) -> tuple[dict, str]:
-    """EDGE's tuned values from a `launch.py tune` output folder (or a search name under
+    """EDGE's tuned values from a tune output folder (``params_from_study`` for edge)."""
+    return params_from_study(where, "edge")
+
+
+def parse_studies(words, edge_from_study: str | None, methods: list[str]) -> tuple[dict, list[str]]:
+    """``--from-study METHOD=TUNE_OUT ...`` (and ``--edge-from-study``) -> {method: folder}, and
+    the words that are config overrides instead (``section.key=value`` after the flag's
+    values: argparse gives them to the flag). Every named method must be compared."""
+    studies, overrides = {}, []
+    for word in words or []:
+        key, eq, where = word.partition("=")
+        if not eq or not where:
+            raise ConfigError(f"--from-study takes METHOD=TUNE_OUT, e.g. oe=results/tune/oe-search; got {word!r}")
+        if "." in key:
+            overrides.append(word)
+            continue
+        method = method_name(key, "--from-study")
+        if method in studies:
+            raise ConfigError(f"--from-study names {method} twice")
+        studies[method] = where
+    if edge_from_study:
+        if "edge" in studies:
+            raise ConfigError("--edge-from-study and --from-study edge=... both name EDGE's study; keep one")
+        studies["edge"] = edge_from_study
+    missing = [m for m in studies if m not in methods]
+    if missing:
+        raise ConfigError(f"--from-study names {', '.join(missing)}, which --methods does not compare "
+                          f"({' '.join(methods)}); add it to --methods or drop its study")
+    return studies, overrides
+
+
+def params_from_study(where: str, method: str = "edge") -> tuple[dict, str]:
+    """``method``'s tuned values from a `launch.py tune` output folder (or a search name under
     results/tune): the Pareto trial best on the search's first objective for a two-objective
-    search, the best finished trial otherwise. Returns (values by dotted key, description)."""
+    search, the best finished trial otherwise. Returns (values by dotted key, description).
+    A loss key the method does not use (an EDGE study given for OE) is refused."""
     # the tune --out folder (a path or a URI), or a bare search name under results/tune
     bare = not storage.is_uri(where) and "/" not in where.strip("/")
     folder = storage.join("results/tune", where) if bare and not storage.is_dir(where) else where
     search, trials = storage.join(folder, "search.yaml"), storage.join(folder, "trials.csv")
     if not (storage.is_file(search) and storage.is_file(trials)):
-        raise ConfigError(f"--edge-from-study {where}: no search.yaml and trials.csv in {folder}; pass the "
+        raise ConfigError(f"{_flag(method)}{where}: no search.yaml and trials.csv in {folder}; pass the "
                           "--out folder of a `launch.py tune` run (default results/tune/NAME)")
     s = yaml.safe_load(storage.read_text(search))
     metrics, modes = tuple(s["metrics"]), tuple(s["modes"])
@@ -224,9 +270,14 @@ def edge_params_from_study(where: str) -> tuple[dict, str]:
     else:
         chosen, how = best_row(rows, metrics[0], modes[0]), f"best {metrics[0]}"
     if chosen is None:
-        raise ConfigError(f"--edge-from-study {where}: {trials} has no finished trial with "
+        raise ConfigError(f"{_flag(method)}{where}: {trials} has no finished trial with "
                           f"{', '.join(metrics)}; let the search finish (tune --resume) first")
     params = {k: chosen[k] for k in s["space"] if not k.startswith("data.") and chosen.get(k) is not None}
+    unused = [k for k in params if k.startswith("loss.") and k != "loss.method"
+              and k.split(".", 1)[1] not in LOSSES[method].params]
+    if unused:
+        raise ConfigError(f"{_flag(method)}{where}: the search tuned {', '.join(unused)}, which "
+                          f"{LOSSES[method].display} does not use; pass a search of loss.method={method}")
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
     scores = ", ".join(f"{m}={chosen.get(m)}" for m in metrics)
     return params, f"trial {chosen['trial']} of search {s['name']!r} ({how}: {scores}): {shown}"
