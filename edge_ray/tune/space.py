@@ -47,10 +47,10 @@ def apply_params(cfg: Config, params: dict) -> Config:
 
 
 def _fits_run(cfg: Config, key: str, value) -> bool:
-    """Whether ``key=value`` passes the checks that depend on the run's length
+    """Whether ``key=value`` passes the check that depends on the run's length
     (``check_schedule``); the config's own rules were checked by ``_check_value``."""
     try:
-        check_schedule(validate(from_dict(nest({key: value}), base=cfg)))
+        check_schedule(from_dict(nest({key: value}), base=cfg))
         return True
     except ConfigError:
         return False
@@ -132,7 +132,8 @@ def _distribution(cfg: Config, key: str, spec, where: str,
         while top >= low and not _fits_run(cfg, key, top):
             top -= 1
         if top < high:
-            _restricted(cfg, key, where, [f"{top + 1}..{high}" if top + 1 < high else high], f"{low}..{top}" if top >= low else "", notes)
+            dropped = f"{top + 1}..{high}" if top + 1 < high else high
+            _restricted(cfg, key, where, [dropped], f"{low}..{top}" if top >= low else "", notes)
             high = top
         dist = optuna.distributions.IntDistribution(low, high)
     else:
@@ -146,7 +147,7 @@ def _distribution(cfg: Config, key: str, spec, where: str,
     for value in (low, high):
         _check_value(cfg, key, int(value) if kind == "randint" else value, where)
         if not _fits_run(cfg, key, int(value) if kind == "randint" else value):
-            check_schedule(validate(from_dict(nest({key: value}), base=cfg)))  # raises the reason
+            _restricted(cfg, key, where, [value], "", notes)  # a float range the run refuses: no clipping
     return dist
 
 
