@@ -7,8 +7,7 @@ import yaml
 
 from edge_ray.config import ConfigError, load_config
 from edge_ray.compare.ray_compare import slots
-from edge_ray.compare.ray_runs import (edge_params_from_study, load_finished, params_from_study, parse_methods,
-                                      parse_studies, plan, save_run)
+from edge_ray.compare.ray_runs import load_finished, params_from_study, parse_methods, parse_studies, plan, save_run
 
 
 def test_method_spellings():
@@ -26,7 +25,8 @@ def _base(tmp_path, *extra):
 
 
 def test_plan_names_oe_recipes_and_edge_values(tmp_path):
-    runs = plan(_base(tmp_path), ["bce", "oe", "edge"], range(3), "/data/oe_letters", {"loss.m": 4, "loss.beta": 0.01})
+    runs = plan(_base(tmp_path), ["bce", "oe", "edge"], range(3), "/data/oe_letters",
+                {"edge": {"loss.m": 4, "loss.beta": 0.01}})
     assert [r.name for r in runs[:3]] == ["compare-bce-seed0", "compare-bce-seed1", "compare-bce-seed2"]
     assert len(runs) == 9 and [r.cfg.train.seed for r in runs] == [0, 1, 2] * 3
     by = {r.name: r.cfg for r in runs}
@@ -67,14 +67,14 @@ def test_edge_values_from_the_best_pareto_trial(tmp_path):
             {"trial": "c", "status": "DONE", "loss.beta": 0.1, "loss.m": 3.0, "val_fpr95": 0.25, "val_map": 0.70},
             {"trial": "d", "status": "STOPPED", "loss.beta": 0.1, "loss.m": 0.5, "val_fpr95": 0.01, "val_map": 0.99}]
     folder = _search(tmp_path, ["val_fpr95", "val_map"], ["min", "max"], rows)
-    params, text = edge_params_from_study(str(folder))
+    params, text = params_from_study(str(folder), "edge")
     assert params == {"loss.beta": 0.01, "loss.m": 4.0}            # b: on the front, lowest val_fpr95
     assert "trial b of search 's1'" in text and "Pareto" in text
     single = _search(tmp_path / "x", ["val_map"], ["max"], rows)
-    assert edge_params_from_study(str(single))[0] == {"loss.beta": 0.1, "loss.m": 1.5}   # a; d was stopped early
+    assert params_from_study(str(single), "edge")[0] == {"loss.beta": 0.1, "loss.m": 1.5}   # a; d was stopped early
     empty = _search(tmp_path / "y", ["val_map"], ["max"], [])
     with pytest.raises(ConfigError, match="no finished trial"):
-        edge_params_from_study(str(empty))
+        params_from_study(str(empty), "edge")
 
 
 def test_each_method_from_its_own_study(tmp_path):
@@ -90,7 +90,7 @@ def test_each_method_from_its_own_study(tmp_path):
     assert studies == {"oe": str(oe), "edge": str(edge)} and overrides == ["train.epochs=3"]
     tuned = {m: params_from_study(w, m) for m, w in studies.items()}
     assert tuned["oe"][0] == {"loss.alpha": 10} and "trial o2 of search 's1'" in tuned["oe"][1]
-    runs = plan(_base(tmp_path), ["bce", "oe", "edge"], [0, 1], "/data/oe", tuned={m: v for m, (v, _) in tuned.items()})
+    runs = plan(_base(tmp_path), ["bce", "oe", "edge"], [0, 1], "/data/oe", {m: v for m, (v, _) in tuned.items()})
     by = {r.name: r.cfg.loss for r in runs}
     assert by["compare-oe-seed1"].alpha == 10 and by["compare-edge-seed1"].alpha == 1.0   # each its own values
     assert (by["compare-edge-seed0"].beta, by["compare-edge-seed0"].m) == (0.01, 4.0) and by["compare-oe-seed0"].m == 1.0

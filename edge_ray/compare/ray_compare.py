@@ -76,7 +76,7 @@ def slots(cfg: Config, resources: dict, max_concurrent: int, n: int) -> int:
     return runs_at_once(need, n, resources, what="run", fix="--{kind}s-per-run")
 
 
-def _header(runs, methods, seeds, n_slots, out, edge_source, tuned=None) -> None:
+def _header(runs, methods, seeds, n_slots, out, tuned) -> None:
     print("=" * 78)
     print(f"compare: {' / '.join(methods)} x {seeds} seeds = {len(runs)} runs, {n_slots} at a time -> {out}")
     for method in methods:
@@ -85,8 +85,8 @@ def _header(runs, methods, seeds, n_slots, out, edge_source, tuned=None) -> None
     edge = next((r.cfg.loss for r in runs if r.method == "edge"), None)
     if edge:
         print(f"  edge: alpha {edge.alpha:g}, beta {edge.beta:g}, k {edge.k}, m {edge.m:g}, tau {edge.tau}, "
-              f"gap {edge.gap}" + (f"  <- {edge_source}" if edge_source else ""))
-    for method, (_, source) in (tuned or {}).items():
+              f"gap {edge.gap}" + (f"  <- {tuned['edge'][1]}" if "edge" in tuned else ""))
+    for method, (_, source) in tuned.items():
         if method != "edge":
             print(f"  {method}: {source}")
     print("=" * 78, flush=True)
@@ -101,15 +101,16 @@ def _gather_overrides(args) -> None:
         setattr(args, attr, [w for w in words if "=" not in w] or (None if attr == "scores" else []))
 
 
-def _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start, tuned) -> dict:
+def _payload(args, methods, scores, runs, records, reused, oe, tuned, start) -> dict:
     """Everything results.json keeps: the setup, each run, the statistics, the machine."""
     from edge_ray.compare.stats import cells, map_rows, paired_map_tests, paired_tests
 
     done = [records[r.name] for r in runs]
     keep = ("method", "seed", "name", "train_seconds", "eval_seconds", "last_epoch")
+    edge_params, edge_source = tuned.get("edge", ({}, ""))
     return {"command": "python launch.py " + " ".join(sys.argv[1:]), "methods": methods,
-            "seeds": list(range(args.seeds)), "scores": scores, "oe": oe, "edge_params": edge_params,
-            "edge_params_source": edge_source,
+            "seeds": list(range(args.seeds)), "scores": scores, "oe": oe,
+            "edge_params": edge_params, "edge_params_source": edge_source,
             "tuned": {m: {"params": values, "source": source} for m, (values, source) in tuned.items()},
             "recipes": {m: recipe_record(next(r.cfg for r in runs if r.method == m)) for m in methods},
             "runs": [{k: rec[k] for k in keep} | {"results": str(r.results_path), "reused": r.name in reused}
@@ -153,14 +154,13 @@ def run(args) -> int:
     studies, more = parse_studies(args.from_study, args.edge_from_study, methods)
     args.overrides = list(args.overrides) + more
     tuned = {m: params_from_study(where, m) for m, where in studies.items()}  # method -> (values, source)
-    edge_params, edge_source = tuned.get("edge", ({}, ""))
     base, oe = base_config(args, out)
-    runs = plan(base, methods, range(args.seeds), oe, tuned={m: v for m, (v, _) in tuned.items()})
+    runs = plan(base, methods, range(args.seeds), oe, {m: values for m, (values, _) in tuned.items()})
     for method in methods:  # input problems surface now, not in the middle of the study
         check_inputs(next(r.cfg for r in runs if r.method == method))
     connect(args.address)
     n_slots = slots(base, ray.cluster_resources(), args.max_concurrent, len(runs))
-    _header(runs, methods, args.seeds, n_slots, out, edge_source, tuned)
+    _header(runs, methods, args.seeds, n_slots, out, tuned)
     t = base.train
     # MLflow (edge_ray/tracking): a parent run for the study, a child per method x seed, from this driver
     from edge_ray.tracking import commands as tracking
@@ -170,11 +170,11 @@ def run(args) -> int:
     with tracking.command(args, "compare") as tracker:
         study = StudyTracking(tracker, storage.basename(out), command="compare", out=out, params={
             "compare.methods": methods, "compare.seeds": args.seeds, "compare.scores": scores, "compare.oe": oe,
-            "compare.edge_params": edge_params, **{f"base.{k}": v for k, v in config_params(base).items()}})
+            "compare.edge_params": tuned.get("edge", ({}, ""))[0], **{f"base.{k}": v for k, v in config_params(base).items()}})
         records, reused = drive(runs, scores, slots=n_slots, eval_cpus=t.num_workers * t.cpus_per_worker,
                                 eval_gpus=min(1.0, t.num_workers * t.gpus_per_worker) if t.use_gpu else 0.0,
                                 tracking=study)
-        payload = _payload(args, methods, scores, runs, records, reused, oe, edge_params, edge_source, start, tuned)
+        payload = _payload(args, methods, scores, runs, records, reused, oe, tuned, start)
         score = "jointenergy" if "jointenergy" in scores else scores[0]
         paths = write_study(out, payload, (score,))
         _report(payload, score, paths, len(reused))

@@ -71,12 +71,11 @@ class Run:
         return storage.join(run_dir(self.cfg), "results.json")
 
 
-def plan(base: Config, methods, seeds, oe: str, edge_params: dict | None = None, *,
-         tuned: dict | None = None) -> list[Run]:
+def plan(base: Config, methods, seeds, oe: str, tuned: dict | None = None) -> list[Run]:
     """Every method x seed: loss.method, train.seed, the run name, OE for OE methods only,
-    and each method's tuned values when given (``tuned``: method -> values by dotted key;
-    ``edge_params``: EDGE's). Recipes are resolved per method (train.recipes)."""
-    tuned = {**({"edge": edge_params} if edge_params else {}), **(tuned or {})}
+    and each method's tuned values when given (``tuned``: method -> values by dotted key).
+    Recipes are resolved per method (train.recipes)."""
+    tuned = tuned or {}
     runs = []
     for method in methods:
         for seed in seeds:
@@ -214,11 +213,6 @@ def _cell(value: str):
 
 def _flag(method: str) -> str:
     return f"--from-study {method}="
-
-
-def edge_params_from_study(where: str) -> tuple[dict, str]:
-    """EDGE's tuned values from a tune output folder (``params_from_study`` for edge)."""
-    return params_from_study(where, "edge")
 
 
 def parse_studies(words, edge_from_study: str | None, methods: list[str]) -> tuple[dict, list[str]]:
