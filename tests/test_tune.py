@@ -163,7 +163,8 @@ def _args(**kw):
     from argparse import Namespace
     base = dict(config=None, space=None, trials=None, overrides=[], metric="val_fpr95", mode="min",
                 multi_objective=False, storage=None, name=None, out=None, resume=False,
-                max_concurrent=0, cpus_per_trial=None, gpus_per_trial=None, seed=0, address=None)
+                max_concurrent=0, cpus_per_trial=None, gpus_per_trial=None, seed=0, address=None,
+                grace_epochs=1, reduction_factor=4)
     return Namespace(**{**base, **kw})
 
 
@@ -232,7 +233,7 @@ def test_cli_settings_and_resume_checks(tiny_shards, tmp_path):
 
 def test_space_files_fit_the_shipped_configs():
     from edge_ray.tune.space import build_space, read_space
-    for config in ("tiny", "voc", "coco", "nuswide"):
+    for config in ("tiny", "voc", "coco", "nuswide", "study"):
         cfg = load_config(ROOT / f"configs/{config}.yaml")
         for space in ("paper_grid", "continuous"):
             dists, _ = build_space(read_space(ROOT / f"tuning/{space}.yaml"), cfg)
@@ -246,6 +247,27 @@ def test_space_files_fit_the_shipped_configs():
     assert list(grid["loss.m"].choices) == [0, 1, 2, 3, 4, 5]
 
 
+def test_study_config_is_the_recipe_compare_trains():
+    """configs/study.yaml (the README's tuned study) tunes the recipe `compare` trains on the
+    embedded benchmark: the same data, model, loss and training settings; only the objective's
+    held-out OE set (oe_letters_val, never trained on) and the test sets differ."""
+    from edge_ray.demo.ray_demo import PRESETS, demo_config
+    from edge_ray.tune.settings import check_no_leak
+
+    study = load_config(ROOT / "configs/study.yaml")
+    recipe = demo_config(str(ROOT / "data/demo"), str(ROOT / "results/compare"), PRESETS["full"], seed=0)
+    for section in ("model", "loss", "eval"):
+        assert getattr(study, section) == getattr(recipe, section), section
+    assert replace(study.train, storage_path="", run_name="") == replace(recipe.train, storage_path="", run_name="")
+    skip = {"id_test", "ood", "oe", "oe_val", "id_train", "id_val"}
+    assert {k: v for k, v in vars(study.data).items() if k not in skip} == \
+        {k: v for k, v in vars(recipe.data).items() if k not in skip}
+    assert (study.data.id_train, study.data.id_val) == (recipe.data.id_train, recipe.data.id_val)
+    assert study.data.oe == str(ROOT / "data/demo/oe_letters")       # compare's default --oe
+    assert study.data.oe_val == str(ROOT / "data/demo/oe_letters_val") and not study.data.ood
+    check_no_leak(study)
+
+
 def test_asha_on_epochs_and_fractional_resources(tiny_shards, tmp_path):
     """ASHA rungs run on the reported epoch up to train.epochs (FIFO for a Pareto search);
     trials at once follow the cluster's CPUs, or GPUs shared by fractions."""
@@ -255,11 +277,23 @@ def test_asha_on_epochs_and_fractional_resources(tiny_shards, tmp_path):
     asha = make_scheduler(s)
     assert isinstance(asha, ASHAScheduler) and asha.metric == "val_fpr95"
     assert asha._time_attr == "epoch" and asha._max_t == 4  # no public getters
+    assert asha._brackets[0]._rungs[-1][0] == 1  # first rung: epoch 1 (--grace-epochs' default)
+    rungs = make_scheduler(replace(s, grace_epochs=2, reduction_factor=2))  # the study's: epochs 2 (and 4)
+    assert rungs._brackets[0]._rungs[-1][0] == 2 and rungs._brackets[0].rf == 2
+    with pytest.raises(ConfigError, match="--grace-epochs 5"):
+        _settings(tiny_shards, tmp_path, "g", grace_epochs=5, extra={"train.epochs": 4})
+    with pytest.raises(ConfigError, match="--reduction-factor 1"):
+        _settings(tiny_shards, tmp_path, "g", reduction_factor=1)
     pareto = replace(s, metrics=("val_fpr95", "val_map"), modes=("min", "max"))
     assert type(make_scheduler(pareto)) is FIFOScheduler
 
-    assert trial_base(s).train.cpus_per_worker == 0.25  # --cpus-per-trial 0.25 on one worker
-    assert concurrency(s, trial_base(s), {"CPU": 2.0}) == 7  # 0.25 + 0.01 for the trial driver
+    # --cpus-per-trial 0.25 is the whole trial: 0.24 for its one worker, 0.01 for the trial driver
+    assert trial_base(s).train.cpus_per_worker == pytest.approx(0.24)
+    assert concurrency(s, trial_base(s), {"CPU": 2.0}) == 8
+    one = replace(s, cpus_per_trial=1.0)  # the README's study: two 1-CPU trials on 2 cores
+    assert concurrency(one, trial_base(one), {"CPU": 2.0}) == 2
+    with pytest.raises(ConfigError, match="more than its driver"):
+        trial_base(replace(s, cpus_per_trial=0.01))
     assert concurrency(replace(s, max_concurrent=2), trial_base(s), {"CPU": 2.0}) == 2
     gpu = replace(s, gpus_per_trial=0.5, cpus_per_trial=2.0)
     assert trial_base(gpu).train.use_gpu and trial_base(gpu).train.gpus_per_worker == 0.5

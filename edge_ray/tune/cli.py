@@ -51,11 +51,17 @@ def add_parser(sub, common) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of this name")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once (default: as many as the cluster's GPUs or CPUs hold)")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs of a trial's Train workers together "
-                                                        "(fractions allowed; default from the config)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs of one trial, its Train workers and its driver "
+                   "together (fractions allowed; default from the config); 1 on a 2-CPU machine runs two trials at once")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs of a trial's Train workers together "
                                                         "(0.5 = two trials share a GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--grace-epochs", type=int, default=1,
+                   help="ASHA's first rung: epochs every trial trains before it can be stopped (default 1; "
+                        "for EDGE, past loss.tau so the gap term is judged too)")
+    p.add_argument("--reduction-factor", type=int, default=4,
+                   help="ASHA keeps the best 1/N of the trials at each rung (default 4; rungs at "
+                        "grace x N^i epochs)")
     p.add_argument("--out", help="output folder (default results/tune/NAME)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the base config")
     add_tracking_flag(p)

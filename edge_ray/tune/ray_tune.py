@@ -66,12 +66,14 @@ def make_searcher(s: SearchSettings, dists: dict):
 
 
 def make_scheduler(s: SearchSettings):
-    """ASHA on epochs (rungs from epoch 1 up to train.epochs). ASHA ranks trials by one number,
-    so a two-objective (Pareto) search runs every trial to the end instead."""
+    """ASHA on epochs: rungs at grace_epochs x reduction_factor^i below train.epochs, keeping the
+    best 1/reduction_factor at each. ASHA ranks trials by one number, so a two-objective
+    (Pareto) search runs every trial to the end instead."""
     if len(s.metrics) > 1:
         return FIFOScheduler()
     return ASHAScheduler(time_attr="epoch", metric=s.metrics[0], mode=s.modes[0],
-                         max_t=s.base().train.epochs, grace_period=1, stop_last_trials=False)
+                         max_t=s.base().train.epochs, grace_period=s.grace_epochs,
+                         reduction_factor=s.reduction_factor, stop_last_trials=False)
 
 
 def _build_tuner(s: SearchSettings, dists: dict, fixed: dict, n_parallel: int, callbacks):
@@ -258,7 +260,8 @@ def settings_from_args(args) -> SearchSettings:
                               metric=args.metric, mode=args.mode, multi_objective=args.multi_objective,
                               storage=args.storage, name=args.name, out=args.out,
                               max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                              gpus_per_trial=args.gpus_per_trial, seed=args.seed)
+                              gpus_per_trial=args.gpus_per_trial, seed=args.seed,
+                              grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor)
     if not args.resume:
         if given is None or not args.trials:
             raise ConfigError("tune needs --config, --space and --trials (or --resume --name NAME)")

@@ -41,6 +41,8 @@ class SearchSettings:
     max_concurrent: int = 0       # 0 = as many as the cluster's CPUs/GPUs allow
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
+    grace_epochs: int = 1         # ASHA's first rung (epochs a trial trains before it can be stopped)
+    reduction_factor: int = 4     # ASHA keeps the best 1/reduction_factor at each rung
 
     def base(self) -> Config:
         return from_dict(self.config)
@@ -51,6 +53,7 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSettings":
+        d = {"grace_epochs": 1, "reduction_factor": 4, **d}  # searches saved before these existed
         return cls(**{**d, "metrics": tuple(d["metrics"]), "modes": tuple(d["modes"])})
 
 
@@ -58,8 +61,14 @@ def make_settings(config: str, space: str, trials: int, *, overrides=(), metric:
                   mode: str = "min", multi_objective: bool = False, storage: str | None = None,
                   name: str | None = None, out: str | None = None, max_concurrent: int = 0,
                   cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-                  seed: int = 0) -> SearchSettings:
+                  seed: int = 0, grace_epochs: int = 1, reduction_factor: int = 4) -> SearchSettings:
     cfg = load_config(config, overrides)
+    if not 1 <= grace_epochs <= cfg.train.epochs:
+        raise ConfigError(f"--grace-epochs {grace_epochs}: ASHA's first rung must lie within the run's "
+                          f"train.epochs={cfg.train.epochs}; use 1 to {cfg.train.epochs}")
+    if reduction_factor < 2:
+        raise ConfigError(f"--reduction-factor {reduction_factor}: ASHA keeps 1/reduction_factor of the "
+                          "trials at each rung, so it must be at least 2")
     name = name or f"{Path(config).stem}-{Path(space).stem}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
@@ -77,7 +86,8 @@ def make_settings(config: str, space: str, trials: int, *, overrides=(), metric:
     return SearchSettings(name=name, out=out_dir, config=cfg.to_dict(), space=read_space(space),
                           space_file=str(space), trials=trials, metrics=metrics, modes=modes,
                           storage=storage, seed=seed, max_concurrent=max_concurrent,
-                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                          grace_epochs=grace_epochs, reduction_factor=reduction_factor)
 
 
 def _absolute_sqlite(url: str | None) -> str | None:
@@ -92,11 +102,16 @@ def _absolute_sqlite(url: str | None) -> str | None:
 
 def trial_base(s: SearchSettings) -> Config:
     """The base config with the per-trial resources (``--cpus/gpus-per-trial``) spread over
-    the trial's Train workers. Only trials get these; ``best.yaml`` keeps the base's."""
+    the trial's Train workers. ``--cpus-per-trial`` is the whole trial's: its driver's
+    DRIVER_CPU comes out of it, so ``--cpus-per-trial 1`` runs two trials on 2 CPUs. Only
+    trials get these; ``best.yaml`` keeps the base's."""
     cfg = s.base()
     workers, over = cfg.train.num_workers, []
     if s.cpus_per_trial is not None:
-        over.append(f"train.cpus_per_worker={s.cpus_per_trial / workers}")
+        if s.cpus_per_trial <= DRIVER_CPU:
+            raise ConfigError(f"--cpus-per-trial {s.cpus_per_trial:g}: a trial needs more than its driver's "
+                              f"{DRIVER_CPU:g} CPU; give it e.g. 0.5")
+        over.append(f"train.cpus_per_worker={round((s.cpus_per_trial - DRIVER_CPU) / workers, 6)}")
     if s.gpus_per_trial is not None:
         over += [f"train.use_gpu={str(s.gpus_per_trial > 0).lower()}",
                  f"train.gpus_per_worker={s.gpus_per_trial / workers}"]
