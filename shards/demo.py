@@ -64,6 +64,9 @@ SETS = {
     "oe_letters": ("oe", 11, "1-3 letters A-M, Pillow default font"),
     "oe_china": ("oe", 12, "grayscale crops of china.jpg"),
     "oe_stripes": ("oe", 13, "stripes and checkerboards"),
+    # Not an OE candidate: new images of oe_letters' kind for a search's objective (data.oe_val),
+    # so tuning never sees the training OE images nor a test OOD set.
+    "oe_letters_val": ("oe", 14, "1-3 letters A-M, new images: held-out OE for tuning"),
     "ood_digits89": ("ood", 20, "1-3 digits 8/9 (near-OOD)"),
     "ood_letters": ("ood", 21, "1-3 letters N-Z"),
     "ood_flower": ("ood", 22, "grayscale crops of flower.jpg"),
@@ -71,6 +74,14 @@ SETS = {
     "ood_scribble": ("ood", 24, "random smooth strokes"),
     "ood_blobs": ("ood", 25, "Gaussian blobs plus noise"),
 }
+
+
+HELD_OUT = ("oe_letters_val",)  # held-out OE for tuning: written, never ranked as a candidate
+
+
+def missing_sets(bench: dict) -> list[str]:
+    """The sets this version of the benchmark has that an older build in a folder lacks."""
+    return [name for name in SETS if name not in bench.get("sets", {})]
 
 
 def _generator(name: str, seed: int):
@@ -82,6 +93,7 @@ def _generator(name: str, seed: int):
     make = {
         "oe_digit7": lambda rng: _heldout_digits(rng, held, [7]),
         "oe_letters": lambda rng: R.letters_canvas(rng, R.LETTERS_OE),
+        "oe_letters_val": lambda rng: R.letters_canvas(rng, R.LETTERS_OE),
         "oe_china": lambda rng: R.photo_crop(rng, "china.jpg"),
         "oe_stripes": R.stripes,
         "ood_digits89": lambda rng: _heldout_digits(rng, held, [8, 9]),
@@ -126,6 +138,7 @@ def build_demo(out_dir="data/demo", *, seed: int = 0, quick: bool = False, n_tra
     sets, indexes = {}, {}
     for name, (role, _, description) in SETS.items():
         n = size_of.get(name, sizes["n_oe"] if role == "oe" else sizes["n_ood"])
+        n = n // 2 if name in HELD_OUT else n
         indexes[name] = convert(set_items(name, n, seed), storage.join(out, name), name=name, role=role,
                                 classes=CLASSES if role == "id" else (), shard_size=shard_size,
                                 workers=workers, seed=seed, overwrite=True, progress=progress,
@@ -136,7 +149,8 @@ def build_demo(out_dir="data/demo", *, seed: int = 0, quick: bool = False, n_tra
     bench = {
         "format": FORMAT, "seed": seed, "quick": quick, "image_size": R.SIZE, "channels": 1,
         "id_train": "id_train", "id_val": "id_val", "id_test": "id_test",
-        "oe": [k for k, v in sets.items() if v["role"] == "oe"],
+        "oe": [k for k, v in sets.items() if v["role"] == "oe" and k not in HELD_OUT],
+        "oe_val": list(HELD_OUT),
         "ood": [k for k, v in sets.items() if v["role"] == "ood"],
         "classes": CLASSES, "head_classes": HEAD, "tail_classes": TAIL, "zipf_s": ZIPF_S,
         "class_frequencies": {"weights": [round(float(w), 4) for w in class_weights()],

@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from shards.demo import build_demo, digit_splits
+from shards.demo import build_demo, digit_splits, missing_sets
 from tests.fixtures_shards import read_shards
 
 TINY = {"n_train": 60, "n_val": 20, "n_test": 30, "n_oe": 20, "n_ood": 20}
@@ -32,6 +32,19 @@ def test_sets_and_roles(demo):
         assert index["classes"] == (bench["classes"] if role == "id" else [])
     assert bench["sets"]["id_train"]["num_samples"] == 1000
     assert bench["sets"]["ood_blobs"]["num_samples"] == 250
+
+
+def test_held_out_oe_for_tuning(demo):
+    """oe_letters_val (issue 33): letters A-M like oe_letters, other images, half as many; a
+    search's objective set, not an OE candidate (rank-oe never sees it)."""
+    out, bench = demo
+    assert bench["oe_val"] == ["oe_letters_val"] and "oe_letters_val" not in bench["oe"]
+    index = json.loads((out / "oe_letters_val" / "index.json").read_text())
+    assert index["role"] == "oe" and index["num_samples"] == bench["sets"]["oe_letters"]["num_samples"] // 2
+    held = {r["data"] for r in read_shards(out / "oe_letters_val").values()}
+    train = {r["data"] for r in read_shards(out / "oe_letters").values()}
+    assert len(held) == index["num_samples"] and not held & train   # no image of the training OE set
+    assert missing_sets(bench) == [] and missing_sets({"sets": {"id_train": {}}})[:2] == ["id_val", "id_test"]
 
 
 def test_images_and_labels(demo):
@@ -91,5 +104,5 @@ def test_cli_demo(tmp_path, capsys):
     add_subparsers(parser.add_subparsers(dest="command"))
     sizes = [a for k, v in TINY.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     assert run(parser.parse_args(["shards", "demo", "--out", str(tmp_path), *sizes])) == 0
-    assert "13 sets" in capsys.readouterr().out
+    assert "14 sets" in capsys.readouterr().out
     assert json.loads((tmp_path / "benchmark.json").read_text())["sets"]["id_test"]["num_samples"] == 30

@@ -49,14 +49,15 @@ def _banner(args, preset: dict, data: str, out: str) -> None:
 
 
 def build_shards(data: str, preset: dict, seed: int) -> dict:
-    from shards.demo import build_demo
+    from shards.demo import build_demo, missing_sets
 
     stamp = storage.join(data, "benchmark.json")
     if storage.is_file(stamp):
         bench = storage.read_json(stamp)
         sizes = {s["num_samples"] for n, s in bench.get("sets", {}).items() if n == "id_train"}
         want = preset["sizes"].get("n_train")
-        if bench.get("seed") == seed and bench.get("quick") == preset["sizes"]["quick"] and (want is None or sizes == {want}):
+        if bench.get("seed") == seed and bench.get("quick") == preset["sizes"]["quick"] and (want is None or sizes == {want}) \
+                and not missing_sets(bench):
             print(f"[1/5] benchmark shards already in {data} (seed {seed}); reusing them")
             return bench
     t = time.perf_counter()
