@@ -1,0 +1,73 @@
+"""Issue 33, item 4: the per-epoch gap diagnostics of a `compare` study's EDGE runs, averaged
+over seeds (edge_ray/compare/gap.py), checked against the statistics module on random
+histories; and the figure/table command on two studies."""
+import json
+import random
+import statistics
+
+import pytest
+
+from edge_ray.compare.gap import edge_histories, main, summarize
+
+LOSS = {"alpha": 1.0, "beta": 0.1, "k": 8, "m": 3.0, "tau": 2, "gap": "mean"}
+
+
+def _study(folder, loss, seeds=(0, 1, 2), epochs=4, rng=None, methods=("oe", "edge")):
+    rng = rng or random.Random(0)
+    runs, truth = [], {}
+    for method in methods:
+        for seed in seeds:
+            run_dir = folder / "runs" / f"compare-{method}-seed{seed}"
+            run_dir.mkdir(parents=True)
+            history = [{"epoch": e + 1, "gap_active": rng.random(), "energy_id_bottomk": rng.uniform(2, 9),
+                        "energy_oe": rng.uniform(0, 1), "beta_active": e + 1 > loss["tau"]} for e in range(epochs)]
+            (run_dir / "summary.json").write_text(json.dumps({"history": history}))
+            (run_dir / "results.json").write_text(json.dumps({"config": {"loss": {**loss, "method": method}}}))
+            runs.append({"method": method, "seed": seed, "results": str(run_dir / "results.json")})
+            if method == "edge":
+                truth[seed] = history
+    (folder / "results.json").write_text(json.dumps({"runs": runs}))
+    return truth
+
+
+def test_means_over_seeds_per_epoch(tmp_path):
+    truth = _study(tmp_path, LOSS)
+    runs = edge_histories(str(tmp_path))
+    assert sorted(r["seed"] for r in runs) == [0, 1, 2] and all(r["loss"] == LOSS for r in runs)
+    s = summarize(runs)
+    assert s["epochs"] == [1, 2, 3, 4] and s["gap_on"] == [False, False, True, True]
+    for q in ("gap_active", "energy_id_bottomk", "energy_oe"):
+        for i in range(4):
+            values = [truth[seed][i][q] for seed in (0, 1, 2)]
+            assert s[q]["mean"][i] == pytest.approx(statistics.fmean(values))
+            assert s[q]["std"][i] == pytest.approx(statistics.stdev(values))
+    for i in range(4):
+        assert s["active_above"]["mean"][i] == pytest.approx(
+            statistics.fmean(truth[seed][i]["energy_id_bottomk"] for seed in (0, 1, 2)) - LOSS["m"])
+
+
+def test_command_writes_figure_json_and_table(tmp_path, capsys):
+    _study(tmp_path / "a", LOSS)
+    _study(tmp_path / "b", {**LOSS, "m": 5.0, "beta": 1.0}, rng=random.Random(1))
+    out = tmp_path / "gap"
+    assert main([f"untuned={tmp_path / 'a'}", f"tuned={tmp_path / 'b'}", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "gap.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "gap.json").read_text())
+    assert saved["tuned"]["loss"]["m"] == 5.0 and saved["untuned"]["loss"]["m"] == 3.0
+    assert printed.count("| untuned |") == 4 and printed.count("| tuned |") == 4
+
+
+def test_bad_inputs_say_what_is_wrong(tmp_path, capsys):
+    _study(tmp_path / "a", LOSS, methods=("oe",))
+    assert main([f"x={tmp_path / 'a'}", "--out", str(tmp_path / "g")]) == 2
+    assert "has no EDGE runs" in capsys.readouterr().err
+    _study(tmp_path / "b", LOSS)
+    (tmp_path / "b" / "runs" / "compare-edge-seed1" / "summary.json").unlink()
+    assert main([f"x={tmp_path / 'b'}", "--out", str(tmp_path / "g")]) == 2
+    assert "compare-edge-seed1/summary.json: the run's training summary is missing" in capsys.readouterr().err
+    assert main([str(tmp_path / "b"), "--out", str(tmp_path / "g")]) == 2
+    assert "write LABEL=COMPARE_OUT" in capsys.readouterr().err
+    mixed = [{"seed": 0, "loss": LOSS, "history": []}, {"seed": 1, "loss": {**LOSS, "m": 1.0}, "history": []}]
+    with pytest.raises(ValueError, match="different loss values"):
+        summarize(mixed)
