@@ -112,7 +112,28 @@ def _filesystem(scheme: str, netloc: str) -> pafs.FileSystem:
                                "local path, file://, s3://bucket/prefix, gs://bucket/prefix or another "
                                "scheme pyarrow.fs supports") from None
         raise StorageError(f"{scheme}://{netloc}: cannot open this location ({_first_line(err)})") from None
-    return fs
+    return _with_timeouts(fs) if isinstance(fs, pafs.S3FileSystem) else fs
+
+
+# A peer that goes silent mid-response (a dropped connection, a dead proxy) is noticed after
+# this many seconds without a byte, and the read is retried: the S3 client's default waited
+# ~9 s per stall (benchmarks/s3_cuts.py --stall). It is a stall limit, not a limit on a whole
+# transfer: a slow object that keeps moving is never cut. Env EDGE_S3_REQUEST_TIMEOUT /
+# EDGE_S3_CONNECT_TIMEOUT change them (seconds).
+S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S = 1.0, 2.0
+
+
+def _with_timeouts(fs: pafs.S3FileSystem) -> pafs.S3FileSystem:
+    """The same S3 filesystem (region, endpoint, credentials as resolved) with stall limits."""
+    _, (options,) = fs.__reduce__()
+    request = float(os.environ.get("EDGE_S3_REQUEST_TIMEOUT", S3_REQUEST_TIMEOUT_S))
+    connect = float(os.environ.get("EDGE_S3_CONNECT_TIMEOUT", S3_CONNECT_TIMEOUT_S))
+    def given(key):  # pyarrow reports an unset timeout as -1
+        value = options.get(key)
+        return value if value is not None and value > 0 else None
+
+    return pafs.S3FileSystem(**{**options, "request_timeout": given("request_timeout") or request,
+                                "connect_timeout": given("connect_timeout") or connect})
 
 
 def forget_filesystems() -> None:
@@ -238,7 +259,8 @@ def open_input_stream(location: str, *, buffer_size: int | None = None):
     stores: objects are streamed in requests of that size, never downloaded whole."""
     fs, path = resolve(location)
     with _errors(location):
-        return fs.open_input_stream(path, buffer_size=None if is_local(location) else buffer_size or STREAM_BUFFER)
+        raw = is_local(location) or buffer_size == 0  # 0: unbuffered (each read is one request)
+        return fs.open_input_stream(path, buffer_size=None if raw else buffer_size or STREAM_BUFFER)
 
 
 def read_bytes(location: str) -> bytes:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import storage
 from .plan import group_by_shard
+from .stall import GuardedStream, StalledRead, stall_limit
 from .tarstream import Member, TarDamaged, TarStream
 
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp"})
@@ -75,37 +76,53 @@ def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None,
     """
     wanted = [int(i) for i in indices]
     attempts = attempts or int(os.environ.get("EDGE_READ_ATTEMPTS", READ_ATTEMPTS))
+    remote = storage.is_uri(url) and not url.startswith("file://")
     done, failures = 0, 0
     while done < len(wanted):
         try:
-            for record in _scan_shard(url, wanted[done:], expected):
+            for record in _scan_shard(url, wanted[done:], expected, failures if remote else None):
                 done += 1
                 yield record
         except FileNotFoundError:
             raise
         except (TarDamaged, EOFError) as err:
-            raise ValueError(f"shard {url!r} is damaged after {done} of {len(wanted)} wanted samples "
-                             f"({_short(err)}); reconvert the set") from err
+            # From a store, a connection cut inside the HTTP headers can reach here as a short or
+            # shifted body without any error from the S3 client: read it again before calling the
+            # shard damaged. A local file that does not parse is damaged.
+            if not remote or failures + 1 >= attempts:
+                raise ValueError(f"shard {url!r} is damaged after {done} of {len(wanted)} wanted samples "
+                                 f"({_short(err)}){' on every read' if remote else ''}; reconvert the set") from err
+            failures += 1
+            warnings.warn(f"shard {url!r}: the bytes read after {done} of {len(wanted)} samples do not parse "
+                          f"({_short(err)}); reading it again ({failures}/{attempts - 1})", RuntimeWarning, stacklevel=2)
+            time.sleep(BACKOFF_S)
         except OSError as err:
             failures += 1
             if failures >= attempts:
                 raise ShardReadError(f"shard {url!r}: reading failed {failures} times, last after "
                                      f"{done} of {len(wanted)} wanted samples ({_short(err)}); check the "
                                      "store and the network, or reconvert the shard if it is damaged") from err
-            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1))
+            # a stall has waited its limit already; other failures back off before the next try
+            delay = 0.0 if isinstance(err, StalledRead) else min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1))
             warnings.warn(f"shard {url!r}: read failed after {done} of {len(wanted)} samples "
                           f"({_short(err)}); retrying in {delay:.1f}s ({failures}/{attempts - 1})",
                           RuntimeWarning, stacklevel=2)
             time.sleep(delay)
 
 
-def _scan_shard(url: str, wanted: list[int], expected: int | None) -> Iterator[Record]:
-    """One pass over the stream, yielding the samples numbered `wanted` (increasing)."""
+def _scan_shard(url: str, wanted: list[int], expected: int | None, failures: int | None = None) -> Iterator[Record]:
+    """One pass over the stream, yielding the samples numbered `wanted` (increasing). A remote
+    shard (``failures`` given: this read's earlier failures) is read through a stall guard
+    (edge_ray/data/stall.py) whose limit doubles with each failure."""
     wanted_iter = iter(wanted)
     target = next(wanted_iter, None)
     sample, key, members = -1, None, {}
     try:
-        stream = storage.open_input_stream(url)
+        if failures is None:
+            stream = storage.open_input_stream(url)
+        else:
+            stream = GuardedStream(lambda: storage.open_input_stream(url, buffer_size=0), chunk=storage.STREAM_BUFFER,
+                                   limit_s=stall_limit(failures), where=f"shard {url!r}")
     except storage.StorageError as err:
         raise _open_failure(url, err) from err
     with stream:
