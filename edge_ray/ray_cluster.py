@@ -2,7 +2,10 @@
 ``ray job submit``) or a local instance. Fails fast with a one-line fix when nothing listens."""
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 import socket
 from urllib.parse import urlparse
 
@@ -69,6 +72,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
         _check_reachable(address)
     if ray.is_initialized():
         return "already connected"
+    # a local Ray takes the machine's CPUs; EDGE_RAY_NUM_CPUS caps them (a shared machine, a test)
+    if num_cpus is None and os.environ.get("EDGE_RAY_NUM_CPUS"):
+        num_cpus = int(os.environ["EDGE_RAY_NUM_CPUS"])
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -87,19 +93,57 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
              logging_level="ERROR" if quiet else "INFO",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  p for p in (root, os.environ.get("PYTHONPATH", "")) if p), "RAY_TRAIN_V2_ENABLED": "1"},
-                 "worker_process_setup_hook": "edge_ray.ray_cluster.quiet_train_cleaner"})
+                 "worker_process_setup_hook": "edge_ray.ray_cluster.train_cleaner_without_dashboard"})
     return "local"
 
 
 CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
-def quiet_train_cleaner() -> None:
-    """Every worker process of a Ray started here runs this first. That Ray has no dashboard
-    (a lighter start), hence no state API, and Ray Train's
-    PlacementGroupCleaner asks the state API every second whether the run's controller lives
-    and warns each time it cannot: a line a second through every run. Its job, freeing a
-    dead controller's placement group, has no object here: the driver's Ray goes with it."""
+def train_cleaner_without_dashboard() -> None:
+    """Every worker process of a Ray started here runs this first.
+
+    That Ray has no dashboard (a lighter start), hence no state API. Ray Train's
+    PlacementGroupCleaner asks the state API every second whether its run's controller lives,
+    and when it cannot ask it warns and keeps the run's placement group: a run whose
+    controller died (a Tune trial that ASHA stopped, a Ctrl-C'd trial) kept its workers' CPUs
+    reserved for the rest of the search, and on a full machine the next trials waited for
+    them forever (WorkerGroupStartupTimeoutError, retried without end: a 12-trial search
+    on 2 CPUs hung after 3 trials). Here the cleaner asks the GCS instead, which needs no
+    dashboard, and frees the placement group as Ray intends; its warnings are silenced."""
     import logging
 
     logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
+    if CLEANER_LOGGER in sys.modules:
+        sys.modules[CLEANER_LOGGER].is_actor_alive = actor_alive_in_gcs
+    elif not any(isinstance(f, _PatchCleaner) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchCleaner())  # the module loads only in the cleaner's process
+
+
+def actor_alive_in_gcs(actor_id: str, timeout: float | None = None) -> bool:
+    """Whether an actor lives, from the GCS's actor table (no state API, no dashboard)."""
+    from ray._private.state import state
+
+    info = state.actor_table(actor_id)
+    return bool(info) and info.get("State") != "DEAD"
+
+
+class _PatchCleaner(importlib.abc.MetaPathFinder):
+    """Imports Ray Train's placement-group cleaner as usual, then points its liveness check at
+    ``actor_alive_in_gcs``; every other import passes by."""
+
+    def find_spec(self, name, path, target=None):
+        if name != CLEANER_LOGGER:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.is_actor_alive = actor_alive_in_gcs
+
+        spec.loader.exec_module = exec_module
+        return spec

@@ -91,7 +91,7 @@ def test_sigterm_during_demo_exits_143_and_says_what_is_kept(ray_local, tmp_path
     out.seek(0)
     text = err.read()
     # Ray Train's placement-group cleaner polls the state API every second; the Ray a command
-    # starts has no dashboard to serve it, and its warnings are silenced (cluster.quiet_train_cleaner)
+    # starts has no dashboard to serve it, and its warnings are silenced (ray_cluster.train_cleaner_without_dashboard)
     shown = out.read()
     assert "State API may be temporarily unavailable" not in text + shown
     # each epoch's line once (Ray Train's print patch wrote and logged it: the driver showed it

@@ -135,6 +135,30 @@ class CtrlCBeforeTheFirstTrial(tune.Callback):
 
 
 @pytest.mark.slow
+def test_trials_stopped_early_give_their_cpus_back(tiny_shards, tmp_path):
+    """ASHA stops trials on a full machine: each stopped trial's Train run must free its
+    workers' CPUs for the next trial. Before, Ray Train's cleaner could not ask a Ray without
+    a dashboard whether the stopped run's controller had died, kept its placement group, and
+    the next trials waited for CPUs forever (a 12-trial search on 2 CPUs hung after 3).
+    `launch.py tune` as typed, in its own local Ray of 2 CPUs, two 1-CPU trials at a time."""
+    import subprocess
+    import sys
+
+    over = tiny_overrides(tiny_shards, tmp_path / "runs", **{"train.epochs": 2, "data.oe_val": tiny_shards / "oe_letters_val"})
+    cmd = [sys.executable, str(ROOT / "launch.py"), "tune", "--config", str(ROOT / "configs/tiny.yaml"),
+           "--space", str(ROOT / "tuning/continuous.yaml"), "--trials", "5", "--name", "full", "--out",
+           str(tmp_path / "out"), "--cpus-per-trial", "1", "--grace-epochs", "1", "--reduction-factor", "2",
+           "--no-tracking", *over]
+    env = {**os.environ, "RAY_ADDRESS": "", "EDGE_RAY_NUM_CPUS": "2"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "trials.csv")))
+    assert len(rows) == 5 and {r["status"] for r in rows} <= {"DONE", "STOPPED"}
+    assert "STOPPED" in {r["status"] for r in rows}   # ASHA did stop some: the case under test
+    assert "WorkerGroupStartupTimeoutError" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
 def test_ctrl_c_before_the_search_started_leaves_nothing_in_the_way(ray_local, tiny_shards, tmp_path):
     """An interrupted start leaves neither search.yaml nor an Optuna study behind (with them,
     `--resume` finds no experiment and the same command finds the study taken); the hint says
