@@ -55,7 +55,7 @@ def test_command_writes_figure_json_and_table(tmp_path, capsys):
     assert (tmp_path / "gap.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "gap.json").read_text())
     assert saved["tuned"]["loss"]["m"] == 5.0 and saved["untuned"]["loss"]["m"] == 3.0
-    assert printed.count("| untuned |") == 4 and printed.count("| tuned |") == 4
+    assert printed.count("| untuned (3 seeds) |") == 4 and printed.count("| tuned (3 seeds) |") == 4
 
 
 def test_bad_inputs_say_what_is_wrong(tmp_path, capsys):
@@ -71,3 +71,29 @@ def test_bad_inputs_say_what_is_wrong(tmp_path, capsys):
     mixed = [{"seed": 0, "loss": LOSS, "history": []}, {"seed": 1, "loss": {**LOSS, "m": 1.0}, "history": []}]
     with pytest.raises(ValueError, match="different loss values"):
         summarize(mixed)
+
+
+def test_training_run_folders_and_a_mix(tmp_path, capsys):
+    """A `launch.py train` run folder (summary.json, config in its checkpoint) counts as a seed
+    beside a compare folder's runs; a non-EDGE run folder is refused."""
+    truth = _study(tmp_path / "c", LOSS, seeds=(0, 1))
+    run = tmp_path / "run-seed7"
+    (run / "ckpt").mkdir(parents=True)
+    rng = random.Random(5)
+    history = [{"epoch": e + 1, "gap_active": rng.random(), "energy_id_bottomk": rng.uniform(2, 9),
+                "energy_oe": rng.uniform(0, 1)} for e in range(4)]
+    (run / "summary.json").write_text(json.dumps({"checkpoint": str(run / "ckpt"), "history": history}))
+    (run / "ckpt" / "config.json").write_text(json.dumps({"loss": {**LOSS, "method": "edge"}, "train": {"seed": 7}}))
+    from edge_ray.compare.gap import histories
+
+    runs = histories(f"{tmp_path / 'c'},{run}")
+    assert sorted(r["seed"] for r in runs) == [0, 1, 7]
+    s = summarize(runs)
+    values = [truth[0][2]["energy_oe"], truth[1][2]["energy_oe"], history[2]["energy_oe"]]
+    assert s["energy_oe"]["mean"][2] == pytest.approx(statistics.fmean(values))
+    assert s["gap_on"] == [False, False, True, True]   # from tau where a run did not log beta_active
+    (run / "ckpt" / "config.json").write_text(json.dumps({"loss": {**LOSS, "method": "oe"}, "train": {"seed": 7}}))
+    assert main([f"x={run}", "--out", str(tmp_path / "g")]) == 2
+    assert "a oe run; the gap diagnostics are EDGE's" in capsys.readouterr().err
+    assert main([f"x={tmp_path / 'nothing'}", "--out", str(tmp_path / "g")]) == 2
+    assert "neither a `compare` output folder" in capsys.readouterr().err

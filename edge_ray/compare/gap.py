@@ -5,11 +5,11 @@ fraction of hinge terms above zero (``gap_active``), the mean bottom-k ID JointE
 batch (``energy_id_bottomk``) and the mean OE JointEnergy (``energy_oe``). The hinge of an OE
 image is ``relu(E_oe - mean(bottom-k E_id) + m)``, so it is active exactly while the OE energy
 lies above ``bottom-k ID energy - m``. This module reads those histories from one or more
-`compare` output folders (each run's summary.json beside its results.json), averages them
-over seeds per epoch, and writes a figure and a table::
+`compare` output folders (each run's summary.json beside its results.json) or from training
+run folders, averages them over seeds per epoch, and writes a figure and a table::
 
-    python -m edge_ray.compare.gap untuned=results/compare-untuned tuned=results/compare-tuned \\
-        --out results/gap_tuned_vs_untuned
+    python -m edge_ray.compare.gap untuned=results/runs/demo-full-seed0-edge,results/untuned/untuned-edge-seed1 \\
+        tuned=results/compare-tuned --out results/gap_tuned_vs_untuned
 
 writes ``OUT.png`` (gap fraction and energies per epoch, mean ± std over seeds) and
 ``OUT.json``, and prints the table as markdown. No Ray: it reads files (local paths or URIs).
@@ -28,6 +28,41 @@ QUANTITIES = ("gap_active", "energy_id_bottomk", "energy_oe")
 LOSS_KEYS = ("alpha", "beta", "k", "m", "tau", "gap")
 
 
+def run_history(run_dir: str) -> dict:
+    """One training run's folder (`launch.py train`, the demo's): seed, loss values, history."""
+    summary = storage.read_json(storage.join(run_dir, "summary.json"))
+    if not summary.get("checkpoint"):
+        raise ValueError(f"{run_dir}: the run has no checkpoint (it did not finish an epoch)")
+    config = storage.read_json(storage.join(summary["checkpoint"], "config.json"))
+    if config["loss"]["method"] != "edge":
+        raise ValueError(f"{run_dir}: a {config['loss']['method']} run; the gap diagnostics are EDGE's")
+    return {"seed": config["train"]["seed"], "loss": {k: config["loss"][k] for k in LOSS_KEYS},
+            "history": _checked(summary["history"], storage.join(run_dir, "summary.json"))}
+
+
+def _checked(history: list, where: str) -> list:
+    missing = [q for q in QUANTITIES if any(q not in h for h in history)]
+    if missing:
+        raise ValueError(f"{where}: no {', '.join(missing)} in its epochs (trained before these were "
+                         "logged); rerun the study to have them")
+    return history
+
+
+def histories(location: str) -> list[dict]:
+    """EDGE runs from a `compare` output folder, a training run folder, or several of either
+    joined by commas."""
+    runs = []
+    for where in filter(None, (w.strip() for w in location.split(","))):
+        if storage.is_file(storage.join(where, "summary.json")):
+            runs.append(run_history(where))
+        elif storage.is_file(storage.join(where, "results.json")):
+            runs += edge_histories(where)
+        else:
+            raise FileNotFoundError(f"{where}: neither a `compare` output folder (results.json) nor a "
+                                    "training run folder (summary.json)")
+    return runs
+
+
 def edge_histories(folder: str) -> list[dict]:
     """Each EDGE run of a `compare` output folder: its seed, loss values and per-epoch history."""
     study = storage.read_json(storage.join(folder, "results.json"))
@@ -40,11 +75,7 @@ def edge_histories(folder: str) -> list[dict]:
         if not storage.is_file(where):
             raise FileNotFoundError(f"{where}: the run's training summary is missing; rerun `launch.py "
                                     f"compare` with the same --out ({folder}) to train it again")
-        history = storage.read_json(where)["history"]
-        missing = [q for q in QUANTITIES if any(q not in h for h in history)]
-        if missing:
-            raise ValueError(f"{where}: no {', '.join(missing)} in its epochs (trained before these were "
-                             "logged); rerun the study to have them")
+        history = _checked(storage.read_json(where)["history"], where)
         runs.append({"seed": run["seed"], "loss": {k: record["config"]["loss"][k] for k in LOSS_KEYS},
                      "history": history})
     if not runs:
@@ -78,11 +109,16 @@ def table(summaries: dict) -> str:
     lines = ["| study | epoch | gap term on | active hinges % | bottom-k ID energy | mean OE energy | "
              "bottom-k − m |", "|---|---|---|---|---|---|---|"]
     for label, s in summaries.items():
+        one = len(s["seeds"]) == 1  # no spread to show
+
+        def cell(q, i, scale=1.0, digits=2):
+            m, sd = s[q]["mean"][i] * scale, s[q]["std"][i] * scale
+            return f"{m:.{digits}f}" if one else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
         for i, epoch in enumerate(s["epochs"]):
-            g, b, o = (s[q] for q in QUANTITIES)
-            lines.append(f"| {label} | {epoch} | {'yes' if s['gap_on'][i] else 'no'} | "
-                         f"{100 * g['mean'][i]:.1f} ± {100 * g['std'][i]:.1f} | {b['mean'][i]:.2f} ± {b['std'][i]:.2f} | "
-                         f"{o['mean'][i]:.3f} ± {o['std'][i]:.3f} | {s['active_above']['mean'][i]:.2f} |")
+            lines.append(f"| {label} ({len(s['seeds'])} seeds) | {epoch} | {'yes' if s['gap_on'][i] else 'no'} | "
+                         f"{cell('gap_active', i, 100, 1)} | {cell('energy_id_bottomk', i)} | "
+                         f"{cell('energy_oe', i, digits=3)} | {s['active_above']['mean'][i]:.2f} |")
     return "\n".join(lines)
 
 
@@ -121,9 +157,11 @@ def plot(summaries: dict, path: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m edge_ray.compare.gap", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="example:\n  python -m edge_ray.compare.gap untuned=results/compare-untuned "
-                                       "tuned=results/compare-tuned --out results/gap_tuned_vs_untuned")
-    p.add_argument("studies", nargs="+", metavar="LABEL=COMPARE_OUT", help="compare output folders, each with a label")
+                                epilog="example:\n  python -m edge_ray.compare.gap untuned=results/untuned/untuned-edge-seed1,"
+                                       "results/untuned/untuned-edge-seed2 tuned=results/compare-tuned "
+                                       "--out results/gap_tuned_vs_untuned")
+    p.add_argument("studies", nargs="+", metavar="LABEL=DIR[,DIR...]",
+                   help="a label and a `compare` output folder or training run folders (comma-separated)")
     p.add_argument("--out", required=True, help="output path without extension (OUT.png, OUT.json)")
     args = p.parse_args(argv)
     summaries = {}
@@ -132,7 +170,7 @@ def main(argv=None) -> int:
             label, sep, folder = word.partition("=")
             if not sep or not label or not folder:
                 raise ValueError(f"{word!r}: write LABEL=COMPARE_OUT, e.g. tuned=results/compare-tuned")
-            summaries[label] = summarize(edge_histories(folder))
+            summaries[label] = summarize(histories(folder))
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
