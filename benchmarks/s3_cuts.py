@@ -103,7 +103,10 @@ def main(argv=None) -> int:
                 proxy.close()
                 storage.forget_filesystems()
             reference = reference or got
+            ref = dict(reference)
+            differ = sum(1 for k, v in got if ref.get(k) != v) + abs(len(got) - len(reference))
             rows.append({"kind": kind, "repeat": rep, "samples": len(got), "same_samples": got == reference,
+                         "samples_differing": differ,
                          "wall_s": round(wall, 3), "connections": proxy.connections, "cuts": proxy.cut_done,
                          "reader_retries": retries, "reader_sleep_s": round(slept, 3)})
     server.stop()
@@ -111,13 +114,13 @@ def main(argv=None) -> int:
     base = sorted(r["wall_s"] for r in rows if r["cuts"] == 0)[len([r for r in rows if r["cuts"] == 0]) // 2]
     print(f"\n{n_shards} shards, {rows[0]['samples']} samples, read through a loopback proxy")
     print(f"{'pass':<28} {'wall s':>7} {'conns':>6} {'cuts':>5} {'reader retries':>15} {'reader sleep s':>15} "
-          f"{'s per cut':>10} {'same':>5}")
+          f"{'s per cut':>10} {'same':>5} {'differ':>6}")
     for r in rows:
         per_cut = (r["wall_s"] - base) / r["cuts"] if r["cuts"] else None
         r["seconds_per_cut"] = round(per_cut, 3) if per_cut is not None else None
         print(f"{r['kind']:<28} {r['wall_s']:>7.2f} {r['connections']:>6} {r['cuts']:>5} {r['reader_retries']:>15} "
               f"{r['reader_sleep_s']:>15.2f} {'' if per_cut is None else f'{per_cut:.2f}':>10} "
-              f"{str(r['same_samples']):>5}")
+              f"{str(r['same_samples']):>5} {r['samples_differing']:>6}")
     cut = [r for r in rows if r["cuts"]]
     summary = {"median_no_cut_s": base,
                "seconds_per_cut": round(sum(r["wall_s"] - base for r in cut) / max(1, sum(r["cuts"] for r in cut)), 3),

@@ -3,9 +3,8 @@
 A *location* is a local path, a ``file://`` URI, ``s3://bucket/prefix``, ``gs://bucket/prefix``
 or anything else ``pyarrow.fs.FileSystem.from_uri`` accepts -- the layer Ray Train uses for
 ``storage_path``, so one set of settings serves shards, checkpoints and results
-(ARCHITECTURE.md, "Shard format"). Every function here takes a location string and resolves it to a
-(filesystem, path) pair; filesystems are cached per process, so a DataLoader worker opening
-hundreds of shards resolves its bucket once.
+(ARCHITECTURE.md, "Shard format"). Every function here resolves a location string to a
+(filesystem, path) pair, cached per process (a DataLoader worker resolves its bucket once).
 
 Credentials and endpoints come from the environment (``AWS_ACCESS_KEY_ID``,
 ``AWS_ENDPOINT_URL``, an instance profile or workload identity), never from a config: a URI
@@ -112,28 +111,7 @@ def _filesystem(scheme: str, netloc: str) -> pafs.FileSystem:
                                "local path, file://, s3://bucket/prefix, gs://bucket/prefix or another "
                                "scheme pyarrow.fs supports") from None
         raise StorageError(f"{scheme}://{netloc}: cannot open this location ({_first_line(err)})") from None
-    return _with_timeouts(fs) if isinstance(fs, pafs.S3FileSystem) else fs
-
-
-# A peer that goes silent mid-response (a dropped connection, a dead proxy) is noticed after
-# this many seconds without a byte, and the read is retried: the S3 client's default waited
-# ~9 s per stall (benchmarks/s3_cuts.py --stall). It is a stall limit, not a limit on a whole
-# transfer: a slow object that keeps moving is never cut. Env EDGE_S3_REQUEST_TIMEOUT /
-# EDGE_S3_CONNECT_TIMEOUT change them (seconds).
-S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S = 1.0, 2.0
-
-
-def _with_timeouts(fs: pafs.S3FileSystem) -> pafs.S3FileSystem:
-    """The same S3 filesystem (region, endpoint, credentials as resolved) with stall limits."""
-    _, (options,) = fs.__reduce__()
-    request = float(os.environ.get("EDGE_S3_REQUEST_TIMEOUT", S3_REQUEST_TIMEOUT_S))
-    connect = float(os.environ.get("EDGE_S3_CONNECT_TIMEOUT", S3_CONNECT_TIMEOUT_S))
-    def given(key):  # pyarrow reports an unset timeout as -1
-        value = options.get(key)
-        return value if value is not None and value > 0 else None
-
-    return pafs.S3FileSystem(**{**options, "request_timeout": given("request_timeout") or request,
-                                "connect_timeout": given("connect_timeout") or connect})
+    return fs
 
 
 def forget_filesystems() -> None:
@@ -263,9 +241,19 @@ def open_input_stream(location: str, *, buffer_size: int | None = None):
         return fs.open_input_stream(path, buffer_size=None if raw else buffer_size or STREAM_BUFFER)
 
 
-def read_bytes(location: str) -> bytes:
-    with open_input_stream(location) as f, _errors(location):
-        return f.read()
+def read_bytes(location: str, *, attempts: int = 3) -> bytes:
+    """The whole object; from a store a short read is read again (a connection cut inside the
+    HTTP headers gave pyarrow's S3 client an empty body and no error: benchmarks/s3_cuts.py)."""
+    if is_local(location):
+        with open_input_stream(location) as f, _errors(location):
+            return f.read()
+    fs, path = resolve(location)
+    for attempt in range(attempts):  # an empty answer is asked again: the size can come cut too
+        with _errors(location), fs.open_input_file(path) as f:
+            size, data = f.size(), f.read()
+        if len(data) == size and (size or attempt == attempts - 1):
+            return data
+    raise StorageError(f"{location}: read {len(data)} of {size} bytes in {attempts} tries; check the network")
 
 
 def read_text(location: str) -> str:
