@@ -114,12 +114,12 @@ PLAN: list[tuple[str, str, str]] = [
      "--cpus-per-trial 1 --grace-epochs 7", START, r"^search "),
     ("tune --config configs/study.yaml --space tuning/oe.yaml --trials 8 --name study-oe --cpus-per-trial 1 "
      "--grace-epochs 7 loss.method=oe", START, r"^search "),
-    ("compare --methods bce oe edge --seeds 5 --cpus-per-run 1 --out results/compare-tuned "
+    ("compare --methods oe edge --seeds 5 --cpus-per-run 1 --out results/compare-tuned "
      "--from-study oe=results/tune/study-oe edge=results/tune/study-edge", STOP, "results/tune/study-oe"),
     ("train --config configs/study.yaml train.seed=1 train.run_name=untuned-edge-seed1 "
      "train.storage_path=results/untuned --no-eval", START, r"recipe:"),
-    ("python -m edge_ray.compare.gap untuned=results/runs/demo-full-seed0-edge,results/untuned/untuned-edge-seed1,"
-     "results/untuned/untuned-edge-seed2 tuned=results/compare-tuned --out results/gap_tuned_vs_untuned", OTHER,
+    ("python -m edge_ray.compare.gap untuned=results/runs/demo-full-seed0-edge,results/untuned/untuned-edge-seed1 "
+     "tuned=results/compare-tuned --out results/gap_tuned_vs_untuned", OTHER,
      "tests/test_gap.py runs it on compare and run folders it writes"),
     ("compare --methods bce oe energyoe edge --seeds 5", START, r"^compare:"),
     ("compare --quick --methods oe edge --seeds 2", START, r"^compare:"),
