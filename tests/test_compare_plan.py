@@ -53,7 +53,9 @@ def _search(tmp_path, metrics, modes, rows, space=None):
     space = space or {"loss.beta": {"choice": [0.1, 0.01]}, "loss.m": {"uniform": [0, 5]}}
     (folder / "search.yaml").write_text(yaml.safe_dump({"name": "s1", "space": space, "metrics": metrics,
                                                         "modes": modes}))
-    cols = ["trial", "status", "epochs", *space, *metrics, "seconds", "checkpoint", "error"]
+    # as tune writes it: every validation metric reported, the objective(s) among them
+    cols = ["trial", "status", "epochs", *space, *dict.fromkeys([*metrics, "val_fpr95", "val_auroc", "val_map"]),
+            "seconds", "checkpoint", "error"]
     with open(folder / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -75,6 +77,21 @@ def test_edge_values_from_the_best_pareto_trial(tmp_path):
     empty = _search(tmp_path / "y", ["val_map"], ["max"], [])
     with pytest.raises(ConfigError, match="no finished trial"):
         params_from_study(str(empty), "edge")
+
+
+def test_a_tie_on_the_objective_goes_to_the_other_validation_metrics(tmp_path):
+    """The README's study: 7 of 8 trials reached val_fpr95 0 on held-out OE. The tie goes to
+    val_auroc, then val_map, never to the trial id's alphabetical order."""
+    rows = [{"trial": "a1", "status": "DONE", "loss.m": 3, "val_fpr95": 0.0, "val_auroc": 0.9997, "val_map": 0.99},
+            {"trial": "b2", "status": "DONE", "loss.m": 1, "val_fpr95": 0.0, "val_auroc": 1.0, "val_map": 0.9919},
+            {"trial": "c3", "status": "DONE", "loss.m": 5, "val_fpr95": 0.0, "val_auroc": 1.0, "val_map": 0.9977},
+            {"trial": "d4", "status": "DONE", "loss.m": 4, "val_fpr95": 0.007, "val_auroc": 1.0, "val_map": 0.999}]
+    folder = _search(tmp_path, ["val_fpr95"], ["min"], rows, space={"loss.m": {"choice": [1, 3, 4, 5]}})
+    params, text = params_from_study(str(folder), "edge")
+    assert params == {"loss.m": 5} and "trial c3" in text
+    from edge_ray.tune.report import sort_rows
+    assert [r["trial"] for r in sort_rows(rows, "val_fpr95", "min")] == ["c3", "b2", "a1", "d4"]
+    assert [r["trial"] for r in sort_rows(rows, "val_map", "max")] == ["d4", "c3", "b2", "a1"]
 
 
 def test_each_method_from_its_own_study(tmp_path):

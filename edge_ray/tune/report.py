@@ -28,11 +28,20 @@ def _number(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+# A tie on the objective (a held-out set every trial separates perfectly: FPR95 0) goes to the
+# better of the other validation metrics, in this order, and only then to the trial's id.
+TIE_BREAKS = (("val_auroc", "max"), ("val_fpr95", "min"), ("val_map", "max"))
+
+
 def sort_rows(rows: list[dict], metric: str, mode: str) -> list[dict]:
-    """Best objective first; trials without a value (errors, unfinished) last."""
+    """Best objective first, ties by TIE_BREAKS; trials without a value (errors, unfinished) last."""
+    def signed(r, m, md):
+        v = _number(r.get(m))
+        return (v is None, 0.0 if v is None else (v if md == "min" else -v))
+
     def key(r):
-        v = _number(r.get(metric))
-        return (v is None, 0.0 if v is None else (v if mode == "min" else -v), r["trial"])
+        ties = [x for m, md in TIE_BREAKS if m != metric for x in signed(r, m, md)]
+        return (*signed(r, metric, mode), *ties, r["trial"])
     return sorted(rows, key=key)
 
 
