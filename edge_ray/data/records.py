@@ -76,7 +76,7 @@ def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None,
     """
     wanted = [int(i) for i in indices]
     attempts = attempts or int(os.environ.get("EDGE_READ_ATTEMPTS", READ_ATTEMPTS))
-    remote = storage.is_uri(url) and not url.startswith("file://")
+    remote = not storage.is_local(url)
     done, failures = 0, 0
     while done < len(wanted):
         try:

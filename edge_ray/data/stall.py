@@ -57,28 +57,27 @@ class GuardedStream:
         self._chunk, self._limit, self._where = chunk, limit_s, where
         self._buf, self._at, self._eof, self._dead, self._raw = b"", 0, False, False, None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-read")
-        future = self._pool.submit(opener)
         try:
-            self._raw = future.result(timeout=self._limit)
-        except FutureTimeout:
-            self._dead = True
-            future.add_done_callback(lambda f: f.exception() or f.result().close())
-            self._pool.shutdown(wait=False)
-            raise StalledRead(f"{where}: no answer to opening it for {self._limit:.1f}s (a dropped connection?)") \
-                from None
+            self._raw = self._within_limit(opener, lambda f: f.exception() or f.result().close(),
+                                           "no answer to opening it")
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
 
-    def _fetch(self) -> None:
-        start = time.perf_counter()
-        future = self._pool.submit(self._raw.read, self._chunk)
+    def _within_limit(self, fn, on_late, what: str):
+        """``fn()`` on the helper thread; past the limit the stream is dead, ``on_late(future)``
+        runs when the abandoned call ends, and StalledRead names ``what`` did not come."""
+        future = self._pool.submit(fn)
         try:
-            piece = future.result(timeout=self._limit)
+            return future.result(timeout=self._limit)
         except FutureTimeout:
             self._dead = True
-            future.add_done_callback(lambda _: self._close_raw())  # the request ends on its thread
-            raise StalledRead(f"{self._where}: no data for {self._limit:.1f}s (a dropped connection?)") from None
+            future.add_done_callback(on_late)  # the request ends on its thread
+            raise StalledRead(f"{self._where}: {what} for {self._limit:.1f}s (a dropped connection?)") from None
+
+    def _fetch(self) -> None:
+        start = time.perf_counter()
+        piece = self._within_limit(lambda: self._raw.read(self._chunk), lambda _: self._close_raw(), "no data")
         PIECE_TIMES.add(time.perf_counter() - start)
         self._buf, self._at, self._eof = piece, 0, len(piece) == 0
 
