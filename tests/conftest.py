@@ -72,6 +72,21 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
+def launch_in_subprocess(ray_local, *argv, timeout: float = 600) -> tuple[int, str]:
+    """``python launch.py ARGV`` as a user types it, in a process of its own attached to the
+    session's Ray (RAY_ADDRESS); returns (exit code, stdout + stderr). For Ray Data commands
+    (predict): a Ray Data run in the pytest process itself, after the many Train runs and
+    interrupted runs earlier tests drive from it, once waited forever on tasks the driver never
+    leased (CI, 2026-12-07), while the same command in a fresh process on the same Ray finished."""
+    import subprocess
+
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    run = subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, argv)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    return run.returncode, run.stdout + run.stderr
+
+
 TINY_SIZES = dict(n_train=256, n_val=128, n_test=160, n_oe=128, n_ood=96)
 
 

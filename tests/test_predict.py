@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import launch
 from edge_ray import Detector, storage
 from edge_ray.train.checkpoint import load_trained
 from edge_ray.evaluate.pipeline import eval_options, evaluate, open_sets
+from tests.conftest import launch_in_subprocess
 from tests.fixtures_shards import image_bytes, truncated_jpeg
 
 pytestmark = pytest.mark.slow
@@ -18,9 +18,12 @@ pytestmark = pytest.mark.slow
 SMALL = ["--cpus-per-actor", "0.5", "--cpus-per-task", "0.25"]  # room on the 4-CPU session Ray
 
 
-def predict(capsys, *argv) -> tuple[int, str]:
-    code = launch.main(["predict", *map(str, argv), *SMALL])
-    return code, capsys.readouterr().out
+def predict(ray_local, *argv) -> tuple[int, str]:
+    """`python launch.py predict ...` in its own process on the session's Ray (see
+    conftest.launch_in_subprocess for why not in the pytest process)."""
+    code, out = launch_in_subprocess(ray_local, "predict", *argv, *SMALL)
+    assert "Traceback" not in out, out[-4000:]
+    return code, out
 
 
 def rows(location) -> list[dict]:
@@ -35,7 +38,7 @@ def test_scores_on_the_id_test_shards_equal_evals(ray_local, tiny_detector, tiny
     expected = dict(zip(reference["keys"], reference["scores"]["jointenergy"]))
 
     out = tmp_path / "preds.parquet"
-    code, printed = predict(capsys, "--model", tiny_detector[0], "--input", tiny_shards / "id_test", "--out", out,
+    code, printed = predict(ray_local, "--model", tiny_detector[0], "--input", tiny_shards / "id_test", "--out", out,
                             "--batch-size", 48)
     assert code == 0
     got = rows(out)
@@ -66,7 +69,7 @@ def write_folder(root):
 def test_bad_files_become_error_rows_and_the_run_goes_on(ray_local, tiny_detector, tmp_path, capsys):
     good = write_folder(tmp_path / "images")
     out = tmp_path / "preds.parquet"
-    code, printed = predict(capsys, "--model", tiny_detector[0], "--input", tmp_path / "images", "--out", out)
+    code, printed = predict(ray_local, "--model", tiny_detector[0], "--input", tmp_path / "images", "--out", out)
     assert code == 0
     by_key = {r["key"]: r for r in rows(out)}
     assert set(by_key) == set(good) | {"truncated.jpg", "empty.png", "notes.txt"}
@@ -83,7 +86,7 @@ def test_bad_files_become_error_rows_and_the_run_goes_on(ray_local, tiny_detecto
         assert r["error"] is None and r["path"] == str(tmp_path / "images" / name)
         assert r["score"] == pytest.approx(score, rel=1e-6)
     assert "3 error(s)" in printed and "empty.png: empty file (0 bytes)" in printed
-    code, printed = predict(capsys, "--model", tiny_detector[0], "--input", tmp_path / "images" / "b.jpg",
+    code, printed = predict(ray_local, "--model", tiny_detector[0], "--input", tmp_path / "images" / "b.jpg",
                             "--out", out, "--overwrite")  # one image file
     (only,) = rows(out)
     assert code == 0 and only["key"] == "b.jpg" and only["score"] == pytest.approx(by_key["b.jpg"]["score"], rel=1e-6)
@@ -97,7 +100,7 @@ def test_manifest_on_object_storage_with_two_actors(ray_local, tiny_detector, ti
     lines = [{"path": f"images/{name}"} for name in good] + [{"path": "images/missing.png"},
                                                               {"path": f"{bucket}/images/empty.png"}]
     storage.write_text(f"{bucket}/manifest.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
-    code, printed = predict(capsys, "--model", f"{bucket}/models/tiny", "--input", f"{bucket}/manifest.jsonl",
+    code, printed = predict(ray_local, "--model", f"{bucket}/models/tiny", "--input", f"{bucket}/manifest.jsonl",
                             "--out", f"{bucket}/out/preds.parquet", "--concurrency", 2, "--batch-size", 2)
     assert code == 0
     got = rows(f"{bucket}/out/preds.parquet")
@@ -107,7 +110,7 @@ def test_manifest_on_object_storage_with_two_actors(ray_local, tiny_detector, ti
     assert got[3]["error"].startswith("cannot read the file") and "does not exist" in got[3]["error"]
     assert got[4]["error"] == "empty file (0 bytes)" and got[4]["path"] == f"{bucket}/images/empty.png"
     assert "predicted 5 images (manifest)" in printed and "2 error(s)" in printed
-    code, printed = predict(capsys, "--model", f"{bucket}/models/tiny", "--input", f"{bucket}/images",
+    code, printed = predict(ray_local, "--model", f"{bucket}/models/tiny", "--input", f"{bucket}/images",
                             "--out", f"{bucket}/out/folder.parquet")  # the same files as an s3:// folder
     by_key = {r["key"]: r for r in rows(f"{bucket}/out/folder.parquet")}
     assert code == 0 and set(by_key) == set(good) | {"truncated.jpg", "empty.png", "notes.txt"}

@@ -14,7 +14,7 @@ from edge_ray.config import ConfigError, load_config
 from edge_ray.models import normalization, resolve_normalization
 from edge_ray.models.networks import build_model
 from edge_ray.scores import SCORES
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, launch_in_subprocess, tiny_overrides
 
 # name -> feature dimension D (the pooled pre-logits)
 MODELS = {"timm:resnet10t": 512, "timm:vit_tiny_patch16_224": 192, "timm:convnext_zepto_rms": 256}
@@ -209,8 +209,10 @@ def test_launch_train_timm_then_eval_jointenergy_and_knn(ray_local, tiny_shards,
 
     assert launch.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "det"), "--score", "knn"]) == 0
     out = tmp_path / "preds.parquet"
-    assert launch.main(["predict", "--model", str(tmp_path / "det"), "--input", str(tiny_shards / "id_test"),
-                        "--out", str(out), "--cpus-per-actor", "0.5", "--cpus-per-task", "0.25"]) == 0
+    code, printed = launch_in_subprocess(ray_local, "predict", "--model", tmp_path / "det", "--input",
+                                         tiny_shards / "id_test", "--out", out, "--cpus-per-actor", "0.5",
+                                         "--cpus-per-task", "0.25")
+    assert code == 0, printed[-4000:]
     rows = pq.read_table(io.BytesIO(out.read_bytes())).to_pylist()
     model, cfg, _ = load_trained(find_checkpoint(str(run)))
     sets = open_sets(cfg.data.id_train, cfg.data.id_test, [str(tiny_shards / "ood_letters")])
