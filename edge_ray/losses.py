@@ -22,6 +22,11 @@ import torch.nn.functional as F
 from edge_ray.validation import check_binary, check_logits_pair
 
 GAP_MODES = ("mean", "pairwise")
+# absolute (the paper's): the margin is m, in energy units. relative (an option, off by default):
+# the margin is m times the batch's mean bottom-k ID energy (a constant of the step, no gradient
+# through it), so it grows with the energies; the paper's form can go idle once training lifts
+# the bottom-k ID energy past m (README, "Why the gap idles").
+M_MODES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,18 @@ def gather_energies(energy: torch.Tensor, sizes=None) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def margin(low: torch.Tensor, m: float, m_mode: str = "absolute"):
+    """The hinge's margin for bottom-k ID energies ``low``: ``m`` (``absolute``, paper Eq. 6) or
+    ``m * mean(low)`` held constant for the step (``relative``)."""
+    if m_mode == "absolute":
+        return m
+    if m_mode == "relative":
+        return m * low.detach().mean()
+    raise ValueError(f"m_mode must be one of {M_MODES}, got {m_mode!r}")
+
+
 def gap_hinge(energy_id: torch.Tensor, energy_oe: torch.Tensor, *, k: int, m: float,
-              gap: str = "mean", gather=None) -> torch.Tensor:
+              gap: str = "mean", gather=None, m_mode: str = "absolute") -> torch.Tensor:
     """The hinge terms of L_gap before averaging.
 
     ``mean`` (paper Eq. 6-7): one term per OE sample, ``E(oe_j) - mean(bottom_k E(id)) + m``.
@@ -103,8 +118,13 @@ def gap_hinge(energy_id: torch.Tensor, energy_oe: torch.Tensor, *, k: int, m: fl
     ``gather`` (e.g. ``gather_energies``): take the bottom-k over every rank's ID batch, not
     this rank's alone; with DDP's gradient averaging the objective is then the one of a
     single process holding the whole global batch, whatever the number of ranks.
+    ``m_mode``: the margin ``m`` in energy units (``absolute``) or as a multiple of the mean
+    bottom-k ID energy (``relative``; see ``margin``).
     """
     low = bottom_k_energy(gather(energy_id) if gather is not None else energy_id, k)
+    if gap not in GAP_MODES:
+        raise ValueError(f"gap must be one of {GAP_MODES}, got {gap!r}")
+    m = margin(low, m, m_mode)
     if gap == "mean":
         return F.relu(energy_oe - low.mean() + m)
     if gap == "pairwise":
@@ -121,7 +141,7 @@ def _check_edge_inputs(logits_id, targets, logits_oe, k=None):
 
 def edge_loss(logits_id: torch.Tensor, targets: torch.Tensor, logits_oe: torch.Tensor, *,
               alpha: float, beta: float, k: int, m: float, gap: str = "mean", gather=None,
-              shares: Shares = NO_SHARES) -> dict:
+              shares: Shares = NO_SHARES, m_mode: str = "absolute") -> dict:
     """EDGE objective, Eq. 8: ``L = L_id + alpha * L_conf + beta * L_gap``.
 
     Returns ``{"loss", "id", "conf", "gap"}``. ``beta = 0`` before epoch ``tau`` is the
@@ -132,21 +152,22 @@ def edge_loss(logits_id: torch.Tensor, targets: torch.Tensor, logits_oe: torch.T
     _check_edge_inputs(logits_id, targets, logits_oe, k)
     l_id = _id_bce(logits_id, targets) * shares.id
     l_conf = _conf(logits_oe) * shares.oe
-    hinge = gap_hinge(joint_energy(logits_id), joint_energy(logits_oe), k=k, m=m, gap=gap, gather=gather)
+    hinge = gap_hinge(joint_energy(logits_id), joint_energy(logits_oe), k=k, m=m, gap=gap, gather=gather,
+                      m_mode=m_mode)
     l_gap = hinge.mean() * shares.oe
     return {"loss": l_id + alpha * l_conf + beta * l_gap, "id": l_id, "conf": l_conf, "gap": l_gap}
 
 
 @torch.no_grad()
 def gap_diagnostics(logits_id: torch.Tensor, logits_oe: torch.Tensor, *, k: int, m: float,
-                    gap: str = "mean") -> dict:
+                    gap: str = "mean", m_mode: str = "absolute") -> dict:
     """What tells EDGE apart from OE: an active fraction of 0 means the gap term does nothing.
 
     Returns the fraction of hinge terms above zero, the mean OE JointEnergy and the mean of
     the bottom-k ID JointEnergies (logged every epoch).
     """
     e_id, e_oe = joint_energy(logits_id.float()), joint_energy(logits_oe.float())
-    hinge = gap_hinge(e_id, e_oe, k=k, m=m, gap=gap)
+    hinge = gap_hinge(e_id, e_oe, k=k, m=m, gap=gap, m_mode=m_mode)
     return {"gap_active": (hinge > 0).float().mean(), "energy_oe": e_oe.mean(),
             "energy_id_bottomk": bottom_k_energy(e_id, k).mean()}
 
@@ -293,7 +314,7 @@ def _edge(cfg, *, gather=None, shares=NO_SHARES, **_):
     def fn(z_id, y, z_oe, epoch: int) -> dict:
         beta = cfg.beta if epoch >= cfg.tau else 0.0  # the tau schedule (Alg. 1): no gap before epoch tau
         return edge_loss(z_id, y, z_oe, alpha=cfg.alpha, beta=beta, k=cfg.k, m=cfg.m, gap=cfg.gap, gather=gather,
-                         shares=shares)
+                         shares=shares, m_mode=cfg.m_mode)
     return fn
 
 
@@ -330,7 +351,7 @@ def _db(cfg, *, class_freq=None, num_train=None, shares=NO_SHARES, **_):
 
 LOSSES: dict[str, Method] = {
     "bce": Method(_bce, uses_oe=False, display="BCE", recipe=dict(ADAM_RECIPE)),
-    "edge": Method(_edge, uses_oe=True, display="EDGE", params=("alpha", "beta", "k", "m", "tau", "gap")),
+    "edge": Method(_edge, uses_oe=True, display="EDGE", params=("alpha", "beta", "k", "m", "m_mode", "tau", "gap")),
     "oe": Method(_oe, uses_oe=True, display="OE", params=("alpha",)),
     "hendrycks_oe": Method(_hendrycks_oe, uses_oe=True, display="HendrycksOE", params=("lam",)),
     "energy_oe": Method(_energy_oe, uses_oe=True, display="EnergyOE", params=("energy_lam", "m_in", "m_out")),

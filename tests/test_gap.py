@@ -33,7 +33,9 @@ def _study(folder, loss, seeds=(0, 1, 2), epochs=4, rng=None, methods=("oe", "ed
 def test_means_over_seeds_per_epoch(tmp_path):
     truth = _study(tmp_path, LOSS)
     runs = edge_histories(str(tmp_path))
-    assert sorted(r["seed"] for r in runs) == [0, 1, 2] and all(r["loss"] == LOSS for r in runs)
+    # records written before loss.m_mode existed read as the paper's (absolute) margin
+    assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+    assert all(r["loss"] == {**LOSS, "m_mode": "absolute"} for r in runs)
     s = summarize(runs)
     assert s["epochs"] == [1, 2, 3, 4] and s["gap_on"] == [False, False, True, True]
     for q in ("gap_active", "energy_id_bottomk", "energy_oe"):
@@ -44,6 +46,17 @@ def test_means_over_seeds_per_epoch(tmp_path):
     for i in range(4):
         assert s["active_above"]["mean"][i] == pytest.approx(
             statistics.fmean(truth[seed][i]["energy_id_bottomk"] for seed in (0, 1, 2)) - LOSS["m"])
+
+
+def test_relative_margin_threshold(tmp_path):
+    """loss.m_mode=relative: a hinge is active above bottom-k x (1 - m), not bottom-k - m."""
+    loss = {**LOSS, "m": 0.25, "m_mode": "relative"}
+    truth = _study(tmp_path, loss, rng=random.Random(7))
+    s = summarize(edge_histories(str(tmp_path)))
+    assert s["loss"]["m_mode"] == "relative"
+    for i in range(4):
+        assert s["active_above"]["mean"][i] == pytest.approx(
+            statistics.fmean(truth[seed][i]["energy_id_bottomk"] * 0.75 for seed in (0, 1, 2)))
 
 
 def test_command_writes_figure_json_and_table(tmp_path, capsys):

@@ -186,3 +186,68 @@ def test_gap_diagnostics():
     e_low = 2 * np.log1p(np.exp(-5.0))
     np.testing.assert_allclose(d["energy_id_bottomk"].item(), e_low, rtol=1e-5)
     assert d["gap_active"].item() == 0.5
+
+
+def ref_gap_grad(z_id, z_oe, k, m, m_mode):
+    """d L_gap / d logits by central differences in float64, with the relative margin held at
+    its value at the unperturbed point (the option's definition: a constant of the step)."""
+    e_id0 = softplus(z_id).sum(1)
+    low0 = np.sort(e_id0)[:min(k, len(e_id0))].mean()
+    margin = m * low0 if m_mode == "relative" else m
+
+    def l_gap(a, b):
+        e_id, e_oe = softplus(a).sum(1), softplus(b).sum(1)
+        low = np.sort(e_id)[:min(k, len(e_id))].mean()
+        return np.mean(np.maximum(0.0, e_oe - low + margin))
+
+    grads = []
+    for x, which in ((z_id, 0), (z_oe, 1)):
+        g = np.zeros_like(x)
+        for idx in np.ndindex(*x.shape):
+            hi, lo = x.copy(), x.copy()
+            hi[idx] += 1e-6
+            lo[idx] -= 1e-6
+            args_hi = (hi, z_oe) if which == 0 else (z_id, hi)
+            args_lo = (lo, z_oe) if which == 0 else (z_id, lo)
+            g[idx] = (l_gap(*args_hi) - l_gap(*args_lo)) / 2e-6
+        grads.append(g)
+    return l_gap(z_id, z_oe), grads
+
+
+@pytest.mark.parametrize("m_mode,m", [("absolute", 2.5), ("relative", 0.4), ("relative", 1.2)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_margin_modes_value_and_gradient_match_reference(m_mode, m, seed):
+    """loss.m_mode: the paper's margin m (absolute) or m x the mean bottom-k ID energy held
+    constant for the step (relative): value and gradient against float64 finite differences."""
+    z_id, y, z_oe = make(9, 5, 6, seed=seed + 40)
+    a, b = t(z_id).requires_grad_(), t(z_oe).requires_grad_()
+    out = losses.edge_loss(a, t(y), b, alpha=0.0, beta=1.0, k=3, m=m, m_mode=m_mode)
+    ref, (g_id, g_oe) = ref_gap_grad(z_id, z_oe, 3, m, m_mode)
+    assert 0 < ref  # some hinge is active, so the comparison means something
+    np.testing.assert_allclose(out["gap"].item(), ref, rtol=1e-10)
+    out["gap"].backward()
+    np.testing.assert_allclose(a.grad.numpy(), g_id, atol=1e-6)
+    np.testing.assert_allclose(b.grad.numpy(), g_oe, atol=1e-6)
+
+
+def test_relative_margin_keeps_the_hinge_on_when_id_energies_grow():
+    """The case the option is for: OE energies at their floor, ID energies far above m. The
+    paper's margin leaves every hinge idle; m = 1.1 x bottom-k keeps all of them active, and
+    the diagnostics say so."""
+    rng = np.random.default_rng(3)
+    z_id = rng.normal(3.0, 0.5, (32, 7))      # JointEnergy ~ 21 per image
+    z_oe = rng.normal(-6.0, 0.5, (32, 7))     # ~ 0.02
+    for m_mode, m, active in (("absolute", 3.0, 0.0), ("relative", 1.1, 1.0), ("relative", 0.5, 0.0)):
+        d = losses.gap_diagnostics(t(z_id), t(z_oe), k=8, m=m, m_mode=m_mode)
+        assert d["gap_active"].item() == active, (m_mode, m)
+    with pytest.raises(ValueError, match="m_mode must be one of"):
+        losses.edge_loss(t(z_id), t((z_id > 3).astype(float)), t(z_oe), alpha=1, beta=1, k=8, m=1, m_mode="scaled")
+
+
+def test_m_mode_is_a_config_key_with_the_papers_default():
+    from edge_ray.config import ConfigError, load_config
+
+    assert load_config(None).loss.m_mode == "absolute"
+    assert load_config(None, ["loss.m_mode=relative"]).loss.m_mode == "relative"
+    with pytest.raises(ConfigError, match="m_mode"):
+        load_config(None, ["loss.m_mode=scaled"])

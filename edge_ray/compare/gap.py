@@ -25,7 +25,12 @@ import numpy as np
 from edge_ray import storage
 
 QUANTITIES = ("gap_active", "energy_id_bottomk", "energy_oe")
-LOSS_KEYS = ("alpha", "beta", "k", "m", "tau", "gap")
+LOSS_KEYS = ("alpha", "beta", "k", "m", "m_mode", "tau", "gap")
+DEFAULTS = {"m_mode": "absolute"}  # runs trained before the setting existed used the paper's margin
+
+
+def _loss_values(loss: dict) -> dict:
+    return {k: loss.get(k, DEFAULTS.get(k)) if k in DEFAULTS else loss[k] for k in LOSS_KEYS}
 
 
 def run_history(run_dir: str) -> dict:
@@ -36,7 +41,7 @@ def run_history(run_dir: str) -> dict:
     config = storage.read_json(storage.join(summary["checkpoint"], "config.json"))
     if config["loss"]["method"] != "edge":
         raise ValueError(f"{run_dir}: a {config['loss']['method']} run; the gap diagnostics are EDGE's")
-    return {"seed": config["train"]["seed"], "loss": {k: config["loss"][k] for k in LOSS_KEYS},
+    return {"seed": config["train"]["seed"], "loss": _loss_values(config["loss"]),
             "history": _checked(summary["history"], storage.join(run_dir, "summary.json"))}
 
 
@@ -76,7 +81,7 @@ def edge_histories(folder: str) -> list[dict]:
             raise FileNotFoundError(f"{where}: the run's training summary is missing; rerun `launch.py "
                                     f"compare` with the same --out ({folder}) to train it again")
         history = _checked(storage.read_json(where)["history"], where)
-        runs.append({"seed": run["seed"], "loss": {k: record["config"]["loss"][k] for k in LOSS_KEYS},
+        runs.append({"seed": run["seed"], "loss": _loss_values(record["config"]["loss"]),
                      "history": history})
     if not runs:
         raise ValueError(f"{folder}: the study has no EDGE runs (compare --methods ... edge)")
@@ -97,7 +102,9 @@ def summarize(runs: list[dict]) -> dict:
     for q in QUANTITIES:
         v = np.array([[h[q] for h in r["history"]] for r in runs], dtype=np.float64)  # seeds x epochs
         out[q] = {"mean": v.mean(0).tolist(), "std": v.std(0, ddof=1).tolist() if len(runs) > 1 else [0.0] * len(epochs)}
-    thr = np.array([[h["energy_id_bottomk"] - loss["m"] for h in r["history"]] for r in runs])
+    # the hinge is active when the OE energy exceeds bottom-k minus the margin (m, or m x bottom-k)
+    scale = (lambda low: low * (1 - loss["m"])) if loss["m_mode"] == "relative" else (lambda low: low - loss["m"])
+    thr = np.array([[scale(h["energy_id_bottomk"]) for h in r["history"]] for r in runs])
     out["active_above"] = {"mean": thr.mean(0).tolist()}
     # epochs the gap term was on (beta applied after tau epochs): where gap_active matters
     out["gap_on"] = [bool(h.get("beta_active", h["epoch"] > loss["tau"])) for h in runs[0]["history"]]

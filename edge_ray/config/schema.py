@@ -114,6 +114,8 @@ class LossConfig:
     beta: float = field(default=0.1, metadata=at_least(0))
     k: int = field(default=32, metadata=at_least(1))
     m: float = field(default=1.0, metadata=at_least(0, "(the energy margin) must be >= 0"))
+    # absolute: margin m in energy units (paper Eq. 6) | relative: m x the mean bottom-k ID energy
+    m_mode: str = field(default="absolute", metadata=one_of(names_of("edge_ray.losses", "M_MODES")))
     tau: int = field(default=0, metadata=at_least(0))  # epochs with beta = 0 before the gap term starts
     # mean (paper Eq. 6-7) | pairwise (released code)
     gap: str = field(default="mean", metadata=one_of(names_of("edge_ray.losses", "GAP_MODES")))

@@ -52,6 +52,7 @@ class StepOptions:
     diag_k: int = 32               # bottom-k / margin for the gap diagnostics
     diag_m: float = 1.0
     diag_gap: str = "mean"
+    diag_m_mode: str = "absolute"
 
 
 def autocast(opts: StepOptions):
@@ -127,7 +128,7 @@ def step_tensors(model, batch, loss_fn, optimizer, scheduler, *, epoch: int, opt
     out = {k: v.detach() for k, v in parts.items()}
     if z_oe is not None:
         out.update(losses.gap_diagnostics(z_id.detach(), z_oe.detach(), k=opts.diag_k, m=opts.diag_m,
-                                          gap=opts.diag_gap))
+                                          gap=opts.diag_gap, m_mode=opts.diag_m_mode))
     return out
 
 
