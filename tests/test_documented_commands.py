@@ -121,6 +121,11 @@ PLAN: list[tuple[str, str, str]] = [
     ("python -m edge_ray.compare.gap untuned=results/runs/demo-full-seed0-edge,results/untuned/untuned-edge-seed1 "
      "tuned=results/compare-tuned --out results/gap_tuned_vs_untuned", OTHER,
      "tests/test_gap.py runs it on compare and run folders it writes"),
+    ("train --config configs/study.yaml loss.m_mode=relative loss.m=1 train.run_name=relative-edge-seed0 "
+     "train.storage_path=results/relative", START, r"recipe:"),
+    ("eval --checkpoint results/relative/relative-edge-seed0 --id-test data/demo/id_test --ood data/demo/ood_* "
+     "--scores jointenergy", OTHER, "evaluates the run above (8 min of training, not run here); eval's "
+     "--id-test / --ood run as typed in the quick-start block"),
     ("compare --methods bce oe energyoe edge --seeds 5", START, r"^compare:"),
     ("compare --quick --methods oe edge --seeds 2", START, r"^compare:"),
     ("demo", START, r"EDGE on Ray demo"),

@@ -210,6 +210,9 @@ def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, scores, id_train=N
     from edge_ray.train.recipes import recipe_record
 
     model, cfg, _ = load_trained(checkpoint_dir)
+    if not (id_test or cfg.data.id_test):
+        raise ValueError(f"{checkpoint_dir}: the run's config sets no data.id_test (a tuning config names no "
+                         "test sets); pass --id-test DIR")
     sets = open_sets(id_train or cfg.data.id_train, id_test or cfg.data.id_test,
                      list(ood if ood is not None else cfg.data.ood))
     if sets.id_train.num_classes != model.num_classes:

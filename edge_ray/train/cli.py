@@ -58,7 +58,12 @@ def run(args) -> int:
         last = summary.history[-1] if summary.history else {}
         print(f"finished epoch {last.get('epoch')}/{cfg.train.epochs}: loss {last.get('loss', float('nan')):.4f}, "
               f"val mAP {last.get('val_map')}, checkpoint {summary.checkpoint_dir}")
-        if args.no_eval or not (cfg.data.id_test and cfg.data.ood) or summary.checkpoint_dir is None:
+        if args.no_eval or summary.checkpoint_dir is None:
+            return 0
+        missing = [key for key in ("data.id_test", "data.ood") if not getattr(cfg.data, key.split(".")[1])]
+        if missing:  # a tuning config (configs/study.yaml) names no test sets on purpose
+            print(f"no evaluation: the config sets no {' / '.join(missing)}; evaluate with: python launch.py "
+                  f"eval --checkpoint {summary.run_dir} --id-test DIR --ood DIR [DIR ...]")
             return 0
         out = cfg.eval.out or storage.join(summary.run_dir, "eval")
         res = evaluate_remote(summary.checkpoint_dir, out, use_gpu=cfg.train.use_gpu,
