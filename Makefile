@@ -20,8 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python launch.py demo $(ARGS)
 
+# the suite in four pytest processes (tests/suite.py says why); ARGS go to pytest
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=10 tests $(ARGS)
+	$(BIN)/python -m tests.suite $(ARGS)
 
 # The UI is the full `mlflow` package (its own venv: it pins pyarrow<26, which this project's
 # environment does not need); installed on first use, then `mlflow ui` on the local store.
