@@ -107,8 +107,7 @@ def layer_engine(method, data, batches):
 
     cfg, model, opt, sched = setup(method, data, len(batches))
     loss_fn = builders.make_loss_fn(cfg.loss)
-    opts = loop.StepOptions(device=torch.device("cpu"), diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap,
-                            diag_m_mode=cfg.loss.m_mode)
+    opts = loop.StepOptions(device=torch.device("cpu"), **loop.gap_diag_options(cfg.loss))
     feed = [(x, y, o if method != "bce" else None) for x, y, o in batches]
     return timed(lambda: loop.train_epoch(model, feed, loss_fn, opt, sched, epoch=0, opts=opts))
 
@@ -121,8 +120,7 @@ def layer_reader(method, data, batches, epoch: int):
 
     cfg, model, opt, sched = setup(method, data, len(batches))
     loss_fn = builders.make_loss_fn(cfg.loss)
-    opts = loop.StepOptions(device=torch.device("cpu"), diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap,
-                            diag_m_mode=cfg.loss.m_mode)
+    opts = loop.StepOptions(device=torch.device("cpu"), **loop.gap_diag_options(cfg.loss))
     id_index = load_index(cfg.data.id_train)
     oe_index = load_index(cfg.data.oe) if method != "bce" else None
     loader = train_loader(id_index, oe_index, batch_size=32, oe_batch_size=32, image_size=32, epoch=epoch, seed=0,

@@ -40,9 +40,7 @@ def synthetic(args) -> dict:
     # one-cycle over (a)'s steps: eager and each compile mode
     sched = builders.make_scheduler(opt, TrainConfig(epochs=1), (1 + len(modes)) * (args.warmup + args.steps))
     loss_fn = builders.make_loss_fn(loss_cfg)
-    opts = loop.StepOptions(device=device, amp=cuda, channels_last=True, diag_k=loss_cfg.k,
-                              diag_m=loss_cfg.m, diag_gap=loss_cfg.gap,
-                              diag_m_mode=loss_cfg.m_mode)
+    opts = loop.StepOptions(device=device, amp=cuda, channels_last=True, **loop.gap_diag_options(loss_cfg))
     s = args.image_size
     batch = (torch.randn(args.batch_size, 3, s, s, device=device),
              (torch.rand(args.batch_size, NUM_CLASSES, device=device) < 0.1).float(),

@@ -122,8 +122,6 @@ def gap_hinge(energy_id: torch.Tensor, energy_oe: torch.Tensor, *, k: int, m: fl
     bottom-k ID energy (``relative``; see ``margin``).
     """
     low = bottom_k_energy(gather(energy_id) if gather is not None else energy_id, k)
-    if gap not in GAP_MODES:
-        raise ValueError(f"gap must be one of {GAP_MODES}, got {gap!r}")
     m = margin(low, m, m_mode)
     if gap == "mean":
         return F.relu(energy_oe - low.mean() + m)

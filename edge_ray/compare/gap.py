@@ -30,7 +30,8 @@ DEFAULTS = {"m_mode": "absolute"}  # runs trained before the setting existed use
 
 
 def _loss_values(loss: dict) -> dict:
-    return {k: loss.get(k, DEFAULTS.get(k)) if k in DEFAULTS else loss[k] for k in LOSS_KEYS}
+    merged = {**DEFAULTS, **loss}
+    return {k: merged[k] for k in LOSS_KEYS}
 
 
 def run_history(run_dir: str) -> dict:

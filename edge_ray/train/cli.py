@@ -60,7 +60,7 @@ def run(args) -> int:
               f"val mAP {last.get('val_map')}, checkpoint {summary.checkpoint_dir}")
         if args.no_eval or summary.checkpoint_dir is None:
             return 0
-        missing = [key for key in ("data.id_test", "data.ood") if not getattr(cfg.data, key.split(".")[1])]
+        missing = [f"data.{key}" for key in ("id_test", "ood") if not getattr(cfg.data, key)]
         if missing:  # a tuning config (configs/study.yaml) names no test sets on purpose
             print(f"no evaluation: the config sets no {' / '.join(missing)}; evaluate with: python launch.py "
                   f"eval --checkpoint {summary.run_dir} --id-test DIR --ood DIR [DIR ...]")

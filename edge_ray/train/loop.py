@@ -55,6 +55,11 @@ class StepOptions:
     diag_m_mode: str = "absolute"
 
 
+def gap_diag_options(loss_cfg) -> dict:
+    """StepOptions' gap-diagnostics fields from a ``LossConfig`` (the training's own k, m, gap, m_mode)."""
+    return dict(diag_k=loss_cfg.k, diag_m=loss_cfg.m, diag_gap=loss_cfg.gap, diag_m_mode=loss_cfg.m_mode)
+
+
 def autocast(opts: StepOptions):
     if opts.amp and opts.device.type == "cuda":
         return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[opts.amp_dtype])

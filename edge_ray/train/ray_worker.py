@@ -224,8 +224,7 @@ def train_loop_per_worker(cfg_dict: dict) -> None:
                               amp_dtype=loop.device_amp_dtype(cfg.train.amp_dtype, device),
                               channels_last=cfg.model.channels_last,
                               separate_forward=cfg.train.separate_forward,
-                              diag_k=cfg.loss.k, diag_m=cfg.loss.m, diag_gap=cfg.loss.gap,
-                              diag_m_mode=cfg.loss.m_mode)
+                              **loop.gap_diag_options(cfg.loss))
     scaler = loop.make_scaler(opts)  # fp16 only
     start, history, resumes = _load_checkpoint(model, opt, sched, cfg, scaler)
     run = _run_dir(cfg)
