@@ -502,6 +502,18 @@ def test_decoded_cache_gives_the_same_batches_and_skips_decoding(sets, monkeypat
     same(first, plain[0])
     same(second, plain[1])
 
+    # Once every image of a shard's wanted records is cached, the shard is not read again:
+    # the records' metadata comes from the cache, and the batches stay the uncached ones.
+    reads = []
+    real_read = streams.read_shard
+    monkeypatch.setattr(streams, "read_shard", lambda url, *a, **kw: reads.append(url) or real_read(url, *a, **kw))
+    for e in (2, 3):
+        reads.clear()
+        cached = epoch(e, 1)
+        assert reads == []  # epochs 0 and 1 read (and cached) every ID and OE image
+        same(cached, epoch(e, 0))
+        assert len(reads) > 0  # the uncached loader reads the shards
+
     caches.DECODED.clear()
     same(epoch(0, 10 * 8 * 8 * 3 / 2 ** 20), plain[0])  # room for 10 decoded 8x8 images
     assert len(caches.DECODED._images) == 10
