@@ -314,7 +314,8 @@ def test_batched_normalise_equals_per_image_transform():
     images = [Image.new("RGB", (20, 20), color=(i, 2 * i, 3 * i)) for i in range(4)]
     e = eval_transform(10, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
     batch = to_normalized_batch([e.geometric(im) for im in images], e.mean, e.std)
-    assert batch.is_contiguous() and torch.equal(batch, torch.stack([e(im) for im in images]))
+    assert batch.is_contiguous(memory_format=torch.channels_last)  # as the loaders' batches
+    assert torch.equal(batch, torch.stack([e(im) for im in images]))
 
 
 def test_jpeg_and_palette_images_decode_to_rgb():

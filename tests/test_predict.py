@@ -54,6 +54,7 @@ def test_scores_on_the_id_test_shards_equal_evals(ray_local, tiny_detector, tiny
     unknown = sum(r["is_unknown"] for r in got)
     assert "predicted 160 images (shards)" in printed and f"{unknown} unknown" in printed
     assert "0 error(s)" in printed and not (tmp_path / "preds.parquet.part").exists()
+    assert "(decoded in the model actors)" in printed  # the CPU default (--decode-in auto)
 
 
 def write_folder(root):
@@ -94,15 +95,18 @@ def test_bad_files_become_error_rows_and_the_run_goes_on(ray_local, tiny_detecto
 
 def test_manifest_on_object_storage_with_two_actors(ray_local, tiny_detector, tiny_shards, bucket, capsys):
     """A JSONL manifest in a bucket (relative, absolute-URI and missing paths), the detector in
-    the bucket too, two model actors, the Parquet file written to the bucket."""
+    the bucket too, two model actors, the Parquet file written to the bucket. Decoded in tasks
+    of their own (`--decode-in tasks`; the other tests decode in the actors, the CPU default):
+    the same scores and error rows either way."""
     storage.upload_tree(str(tiny_detector[0]), f"{bucket}/models/tiny")
     good = write_folder(f"{bucket}/images")
     lines = [{"path": f"images/{name}"} for name in good] + [{"path": "images/missing.png"},
                                                               {"path": f"{bucket}/images/empty.png"}]
     storage.write_text(f"{bucket}/manifest.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
     code, printed = predict(ray_local, "--model", f"{bucket}/models/tiny", "--input", f"{bucket}/manifest.jsonl",
-                            "--out", f"{bucket}/out/preds.parquet", "--concurrency", 2, "--batch-size", 2)
-    assert code == 0
+                            "--out", f"{bucket}/out/preds.parquet", "--concurrency", 2, "--batch-size", 2,
+                            "--decode-in", "tasks")
+    assert code == 0 and "(decoded in tasks)" in printed
     got = rows(f"{bucket}/out/preds.parquet")
     assert [r["key"] for r in got] == [line["path"] for line in lines]  # in the manifest's order
     expected = Detector.load(str(tiny_detector[0])).predict(list(good.values())).scores

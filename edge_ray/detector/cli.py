@@ -13,8 +13,9 @@ PREDICT_DOC = """`launch.py predict`: batch inference with an exported detector,
              `read_binary_files` for an image folder (recursive) or one image file,
              `read_csv` / `read_json` / `read_parquet` for a manifest with a `path` column
              (whose files are then fetched through edge_ray.storage);
-    decode   tasks: bytes -> `edge_ray.detector.to_pixels` (the project's one decoder and
-             the eval transform's resize) -> uint8 pixels, or the reason it failed;
+    decode   bytes -> `edge_ray.detector.to_pixels` (the project's one decoder and the eval
+             transform's resize) -> uint8 pixels, or the reason it failed; inside the model
+             actors on the CPU, in tasks of their own with --gpu (`--decode-in`);
     predict  an actor pool: one Detector per actor (`--concurrency`, a GPU each with `--gpu`);
     write    the driver streams the rows into one Parquet file at --out (a local path or a URI).
 
@@ -44,6 +45,9 @@ def add_predict_parser(sub, common) -> None:
                    "also its torch threads, rounded)")
     p.add_argument("--cpus-per-task", type=float, default=0.5, help="CPUs per read/decode task (default 0.5)")
     p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
+    p.add_argument("--decode-in", choices=("auto", "tasks", "actor"), default="auto",
+                   help="where images are decoded: in the model actors before their forward (actor), in tasks "
+                        "of their own (tasks), or auto (default): actor on the CPU, tasks with --gpu")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     common(p)
     p.set_defaults(run=run_predict)
@@ -60,10 +64,12 @@ def run_predict(args) -> int:
     connect(args.address)
     c = ray_predict.run_predict(args.model, args.input, args.out, batch_size=args.batch_size,
                                 concurrency=args.concurrency, cpus_per_actor=args.cpus_per_actor,
-                                cpus_per_task=args.cpus_per_task, gpu=args.gpu, overwrite=args.overwrite)
+                                cpus_per_task=args.cpus_per_task, gpu=args.gpu, decode_in=args.decode_in,
+                                overwrite=args.overwrite)
     rate = c["images"] / c["seconds"] if c["seconds"] > 0 else float("nan")
     print(f"predicted {c['images']} images ({c['kind']}) in {c['seconds']:.1f}s ({rate:.0f} img/s): "
-          f"{c['unknown']} unknown (score < {c['threshold']:.6g}), {c['errors']} error(s) -> {c['out']}")
+          f"{c['unknown']} unknown (score < {c['threshold']:.6g}), {c['errors']} error(s) -> {c['out']} "
+          f"(decoded in {'the model actors' if c['decode_in'] == 'actor' else 'tasks'})")
     for example in c["error_examples"]:
         print(f"  error: {example}")
     return 0

@@ -183,7 +183,8 @@ def _decode(batch: dict, image_size: int, mean, std) -> dict:
 class Predictor:
     """One Detector per actor; a batch of pixels -> the output rows as an Arrow table."""
 
-    def __init__(self, model: str, device: str = "cpu", threads: int = 1, batch_size: int = 64):
+    def __init__(self, model: str, device: str = "cpu", threads: int = 1, batch_size: int = 64,
+                 decode: dict | None = None):
         import torch
 
         from edge_ray.detector.runtime import Detector
@@ -192,8 +193,11 @@ class Predictor:
             torch.set_num_threads(max(1, threads))
         self.detector = Detector.load(model, device=device)
         self.batch_size = batch_size
+        self.decode = decode  # _decode's arguments: the actor decodes its batches itself (decode_in="actor")
 
     def __call__(self, batch: dict) -> pa.Table:
+        if self.decode is not None:
+            batch = _decode(batch, **self.decode)
         det = self.detector
         errors = [str(e) or None for e in batch["error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -249,9 +253,23 @@ def check_request(model: str, input_location: str, out: str, *, overwrite: bool,
     return manifest, check_input(input_location)
 
 
+# Where images are decoded (`--decode-in`): "tasks" (a Ray Data stage of its own, beside the
+# model actors), "actor" (inside each model actor, before its forward), "auto": the actor
+# on the CPU, where the forward of a small model costs less than handing decoded pixels
+# between stages (benchmarks/README.md, "Batch inference"); tasks with --gpu, where the GPU
+# should not wait for a CPU decode.
+DECODE_IN = ("auto", "tasks", "actor")
+
+
+def decode_place(decode_in: str, gpu: bool) -> str:
+    if decode_in not in DECODE_IN:
+        raise ValueError(f"--decode-in must be one of {', '.join(DECODE_IN)}, got {decode_in!r}")
+    return ("tasks" if gpu else "actor") if decode_in == "auto" else decode_in
+
+
 def run_predict(model: str, input_location: str, out: str, *, batch_size: int = 64, concurrency: int = 1,
                 cpus_per_actor: float = 1.0, cpus_per_task: float = 0.5, gpu: bool = False,
-                overwrite: bool = False, progress: bool = True) -> dict:
+                decode_in: str = "auto", overwrite: bool = False, progress: bool = True) -> dict:
     """Predict every image of ``input_location`` into the Parquet file ``out``; returns counts."""
     import ray.data
 
@@ -259,17 +277,21 @@ def run_predict(model: str, input_location: str, out: str, *, batch_size: int = 
     manifest, kind = check_request(model, input_location, out, overwrite=overwrite, batch_size=batch_size,
                                    concurrency=concurrency, cpus=(cpus_per_actor, cpus_per_task))
     check_resources(concurrency, cpus_per_actor, cpus_per_task, gpu)
+    place = decode_place(decode_in, gpu)
     pre = manifest["preprocess"]
+    decode = {"image_size": pre["image_size"], "mean": pre["mean"], "std": pre["std"]}
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, progress
     try:
         ds = read_input(input_location, kind, cpus=cpus_per_task)
-        ds = ds.map_batches(_decode, fn_kwargs={"image_size": pre["image_size"], "mean": pre["mean"], "std": pre["std"]},
-                            batch_format="numpy", batch_size=batch_size, num_cpus=cpus_per_task)
+        if place == "tasks":
+            ds = ds.map_batches(_decode, fn_kwargs=decode, batch_format="numpy", batch_size=batch_size,
+                                num_cpus=cpus_per_task)
         ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model": model, "device": "cuda" if gpu else "cpu",
                                                               "threads": max(1, round(cpus_per_actor)),
-                                                              "batch_size": batch_size},
+                                                              "batch_size": batch_size,
+                                                              "decode": decode if place == "actor" else None},
                             batch_format="numpy", batch_size=batch_size,
                             compute=ray.data.ActorPoolStrategy(size=concurrency),
                             num_cpus=cpus_per_actor, num_gpus=1 if gpu else 0)
@@ -277,7 +299,8 @@ def run_predict(model: str, input_location: str, out: str, *, batch_size: int = 
         counts = write_parquet(ds, out)
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-    counts.update(kind=kind, seconds=time.perf_counter() - start, out=out, threshold=manifest["threshold"]["value"])
+    counts.update(kind=kind, seconds=time.perf_counter() - start, out=out, threshold=manifest["threshold"]["value"],
+                  decode_in=place)
     return counts
 
 
