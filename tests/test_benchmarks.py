@@ -51,16 +51,33 @@ def test_rank_oe_smoke(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_predict_smoke(ray_local, tmp_path):
-    """predict with 1 and 2 actors and eval on the same images: rates, and the same scores."""
+    """predict decoding in tasks and in the actor, and eval on the same images: rates, and the
+    same scores."""
     result = predict.main(["--smoke", "--json", str(tmp_path / "predict.json")])
     rows = {r["run"]: r for r in result["rows"]}
-    assert set(rows) == {"predict, 1 actor", "predict, 2 actors", "eval, 1 torch thread"}
+    runs = ("predict, 1 actor, decode in tasks", "predict, 1 actor, decode in actor")
+    assert set(rows) == {*runs, "eval, 1 torch thread"}
     for r in rows.values():
         assert r["images"] == 96 and finite_positive(r["img_per_s"]) and finite_positive(r["seconds"])
-    for name in ("predict, 1 actor", "predict, 2 actors"):
+        assert r["kind"] == "32png"
+    for name in runs:
         assert rows[name]["max_rel_diff_vs_eval"] < 1e-5 and 0 < rows[name]["first_row_s"] <= rows[name]["seconds"]
     assert json.loads((tmp_path / "predict.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert ray_local.is_initialized()
+
+
+@pytest.mark.slow
+def test_floor_smoke(tmp_path):
+    """The step as floor, engine and reader (6 steps of the demo's model): every layer timed, the
+    ratios against the floor, the reader's own step count."""
+    from benchmarks import floor
+
+    assert floor.main(["--smoke", "--json", str(tmp_path / "floor.json")]) == 0
+    result = json.loads((tmp_path / "floor.json").read_text())["layers"]
+    assert {r["layer"] for r in result["rows"]} == {"floor", "engine", "reader"}
+    assert all(r["steps"] == 6 and finite_positive(r["cpu_ms_per_step"]) for r in result["rows"])
+    assert result["summary"]["floor"]["x_floor"] == 1.0
+    assert all(finite_positive(v["x_floor"]) for v in result["summary"].values())
 
 
 @pytest.mark.slow

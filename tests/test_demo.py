@@ -15,6 +15,11 @@ def test_quick_demo_end_to_end(ray_local, tmp_path, capsys):
     assert launch.main(["demo", "--quick", "--out", str(out), "--data", str(tmp_path / "data")]) == 0
     printed = capsys.readouterr().out
     assert "FPR95 / AUROC" in printed and f"results: {out / 'results.json'}" in printed
+    from benchmarks.floor import parse_demo_log  # the floor benchmark reads the demo's own timings
+
+    timings = parse_demo_log(printed)
+    assert set(timings["trainings"]) == {"bce", "edge"} and timings["finished_s"] > 0
+    assert all(t["wall_s"] > 0 for t in timings["trainings"].values())
     payload = json.loads((out / "results.json").read_text())
     results = payload["results"]
     assert set(results) == {"bce", "edge"}
