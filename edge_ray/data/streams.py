@@ -105,7 +105,6 @@ class _TrainStream(IterableDataset):
         size = min(self.shuffle_buffer, self.oe_index.num_samples)
         return plan.shuffled(endless(), size, gen)
 
-
     def _read_positions(self, urls, sizes, positions) -> Iterator[Record]:
         """`records.read_positions`, through the decoded cache (`_read_shard`)."""
         if self.cache is None or self.packed:

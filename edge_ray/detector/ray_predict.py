@@ -254,9 +254,10 @@ def check_request(model: str, input_location: str, out: str, *, overwrite: bool,
 
 
 # Where images are decoded (`--decode-in`): "tasks" (a Ray Data stage of its own, beside the
-# model actors), "actor" (inside each model actor, before its forward), "auto": the actor
-# on the CPU, where the forward of a small model costs less than handing decoded pixels
-# between stages (benchmarks/README.md, "Batch inference"); tasks with --gpu, where the GPU
+# model actors), "actor" (inside each model actor, before its forward: one stage fewer to
+# start and to hand pixels through), "auto": the actor on the CPU (224 px JPEG on 2 cores:
+# 1.13x eval's per-core rate against 0.93x in tasks, start-up halved; tiny 32 px images go
+# faster in tasks, benchmarks/README.md "Batch inference"), tasks with --gpu, where the GPU
 # should not wait for a CPU decode.
 DECODE_IN = ("auto", "tasks", "actor")
 
