@@ -53,10 +53,12 @@ class Record:
 
 
 def read_positions(urls: Sequence[str], sizes: Sequence[int],
-                   positions: np.ndarray) -> Iterator[Record]:
-    """Records at `positions` of the concatenation of `urls` (sizes from the index), in order."""
+                   positions: np.ndarray, read=None) -> Iterator[Record]:
+    """Records at `positions` of the concatenation of `urls` (sizes from the index), in order;
+    each shard's run through `read` (``read_shard``'s signature; default ``read_shard``)."""
+    read = read or read_shard
     for shard, local in group_by_shard(positions, sizes):
-        yield from read_shard(urls[shard], local, expected=sizes[shard])
+        yield from read(urls[shard], local, expected=sizes[shard])
 
 
 def read_shard(url: str, indices: np.ndarray, *, expected: int | None = None,

@@ -83,7 +83,7 @@ class _TrainStream(IterableDataset):
         shards = [index.shards[i] for i in perm]
         positions = plan.train_positions(index.num_samples, self.steps, self.batch_size, offset,
                                          self.rank, worker, self.num_workers, self.rank_batches)
-        records = self._read_positions([u for u, _ in shards], [n for _, n in shards], positions)
+        records = read_positions([u for u, _ in shards], [n for _, n in shards], positions, read=self._read_shard)
         gen = plan.rng(self.seed, self.epoch, plan.ID_SHUFFLE, self.rank, worker)
         return plan.shuffled(records, self.shuffle_buffer, gen)
 
@@ -98,33 +98,25 @@ class _TrainStream(IterableDataset):
             while True:
                 for i in order_gen.permutation(len(self.oe_index.shards)):
                     url, n = self.oe_index.shards[i]
-                    yield from self._read_shard(url, np.arange(n), n)
+                    yield from self._read_shard(url, np.arange(n), expected=n)
 
         gen = plan.rng(*seeds, plan.OE_SHUFFLE, self.rank, worker)
         # A buffer larger than the set would only hold repeats of it.
         size = min(self.shuffle_buffer, self.oe_index.num_samples)
         return plan.shuffled(endless(), size, gen)
 
-    def _read_positions(self, urls, sizes, positions) -> Iterator[Record]:
-        """`records.read_positions`, through the decoded cache (`_read_shard`)."""
-        if self.cache is None or self.packed:
-            yield from read_positions(urls, sizes, positions)
-            return
-        for shard, local in plan.group_by_shard(positions, sizes):
-            yield from self._read_shard(urls[shard], local, sizes[shard])
-
-    def _read_shard(self, url: str, indices: np.ndarray, size: int) -> Iterator[Record]:
+    def _read_shard(self, url: str, indices: np.ndarray, *, expected: int) -> Iterator[Record]:
         """`records.read_shard`; with the decoded cache (CPU decode), a shard whose wanted
         records all have their images cached is not read again: their metadata comes from
         the cache (`DecodedCache.held`), the same records in the same order."""
         if self.cache is None or self.packed:
-            yield from read_shard(url, indices, expected=size)
+            yield from read_shard(url, indices, expected=expected)
             return
         held = self.cache.held(url, indices, self.transform.min_decode_size)
         if held is not None:
             yield from held
             return
-        for n, rec in enumerate(read_shard(url, indices, expected=size)):
+        for n, rec in enumerate(read_shard(url, indices, expected=expected)):
             self.cache.remember(url, indices[n], rec)
             yield rec
 
