@@ -101,7 +101,7 @@ def _fast(x):
 
 
 def shape_of(batches) -> dict:
-    """The backbone-independent shape of the layers' batches: per-step batch and image size."""
+    """`setup`'s image size for the layers' batches."""
     return {"image_size": batches[0][0].shape[-1]}
 
 
@@ -161,28 +161,33 @@ def layer_reader(method, data, batches, epoch: int, backbone="smallcnn"):
 # ---------------------------------------------------------------------------------------------
 # --part demo: `launch.py demo` against the floor of the same work
 
-def demo_floor(data: Path, preset: dict, threads: int, eval_chunk: int, repeats: int = 2) -> dict:
+def demo_floor(data: Path, preset: dict, threads: int, repeats: int = 2) -> dict:
     """Seconds the demo's work costs as bare PyTorch on in-memory tensors, on `threads` torch
-    threads (the Train worker's CPUs): per method one timed epoch (the demo's steps and
-    batches, the validation forward) times the epochs; the evaluation's forwards (BCE: the
-    fit set, the test set, the OOD sets and ODIN's input-gradient pass; the others: test and
-    OOD) and the ranking's, from a per-image rate."""
+    threads (the Train worker's CPUs): per method one timed epoch (configs/demo.yaml's batches
+    and image size, the validation forward; the fastest of `repeats`) times the epochs;
+    EnergyOE's floor step is OE's (its energy hinge costs what the confidence term does).
+    Then the evaluation's forwards (BCE: the fit set, the test set, the OOD sets and ODIN's
+    input-gradient pass; the others: test and OOD) and the ranking's, from a per-image rate,
+    in the chunks a CPU evaluation runs (`forward.CPU_EVAL_CHUNK`)."""
     import torch
 
+    from edge_ray.config import load_config
     from edge_ray.evaluate.forward import CPU_EVAL_CHUNK
     from edge_ray.models.networks import build_model
 
     torch.set_num_threads(threads)
+    recipe = load_config(ROOT / "configs" / "demo.yaml").data
+    size = recipe.image_size
     bench = json.loads((data / "benchmark.json").read_text())
     n = {k: v["num_samples"] for k, v in bench["sets"].items()}
-    steps = n["id_train"] // 32
+    steps = n["id_train"] // recipe.batch_size
     g = torch.Generator().manual_seed(0)
-    batches = tensors(steps)
-    val = _fast(torch.randn(n["id_val"], 3, 32, 32, generator=g))
+    batches = tensors(steps, batch=recipe.batch_size, image_size=size)
+    val = _fast(torch.randn(n["id_val"], 3, size, size, generator=g))
     out = {"threads": threads, "steps_per_epoch": steps, "epochs": preset["epochs"], "methods": {}}
     for method in preset["methods"]:
         kind = "bce" if method == "bce" else ("edge" if method == "edge" else "oe")
-        cfg, model, opt, sched = setup(kind, data, steps * preset["epochs"])
+        cfg, model, opt, sched = setup(kind, data, steps * preset["epochs"], image_size=size)
         step = floor_step_fn(kind, cfg.loss.alpha, cfg.loss.beta, cfg.loss.k, cfg.loss.m)
         model.train()
         for x_id, y, x_oe in batches[:3]:  # warm: first-touch allocations
@@ -200,16 +205,16 @@ def demo_floor(data: Path, preset: dict, threads: int, eval_chunk: int, repeats:
         out["methods"][method] = {"epoch_s": round(wall, 2), "training_s": round(wall * preset["epochs"], 2)}
         print(f"  floor {method:<10} {wall:6.2f} s an epoch x {preset['epochs']}", flush=True)
 
-    model = build_model("smallcnn", 7, width=32, image_size=32).eval()
-    x = _fast(torch.randn(2048, 3, 32, 32, generator=g))
+    model = build_model("smallcnn", 7, width=32, image_size=size).eval()
+    x = _fast(torch.randn(2048, 3, size, size, generator=g))
 
     def forward():
         with torch.no_grad():
-            for part in x.split(eval_chunk):
+            for part in x.split(CPU_EVAL_CHUNK):
                 model.forward_head(model.forward_features(part))
 
     def odin():  # ODIN: forward, input gradient, forward again
-        for part in x.split(eval_chunk):
+        for part in x.split(CPU_EVAL_CHUNK):
             p = part.clone().requires_grad_(True)
             model(p).sum().backward()
             with torch.no_grad():
@@ -267,11 +272,12 @@ def run_demo(data: Path, out: Path, quick: bool) -> tuple[dict, float]:
     t = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    (out.parent / "demo.log").write_text(done.stdout + done.stderr)
+    printed = done.stdout + done.stderr
+    (out.parent / "demo.log").write_text(printed)
     if done.returncode:
         raise SystemExit(f"the demo failed (exit {done.returncode}); its output: {out.parent / 'demo.log'}\n"
-                         + (done.stdout + done.stderr)[-3000:])
-    return parse_demo_log(done.stdout + done.stderr), wall
+                         + printed[-3000:])
+    return parse_demo_log(printed), wall
 
 
 def demo_table(floor: dict, demo: dict, wall: float) -> dict:
@@ -283,13 +289,13 @@ def demo_table(floor: dict, demo: dict, wall: float) -> dict:
                      "between_s": d.get("between_epochs_s"), "start_stop_s": d.get("start_stop_s")})
     train_floor = sum(r["floor_s"] for r in rows)
     train_demo = sum(r["demo_s"] or 0 for r in rows)
-    rows.append({"phase": "trainings", "floor_s": round(train_floor, 2), "demo_s": train_demo,
+    trainings = {"phase": "trainings", "floor_s": round(train_floor, 2), "demo_s": train_demo,
                  **{k: round(sum(r[k] or 0 for r in rows), 2) for k in ("epochs_s", "data_wait_s", "between_s",
-                                                                          "start_stop_s")}})
-    whole = demo["finished_s"] or wall
-    rows.append({"phase": "ranking + evaluation + Ray start", "floor_s": floor["eval"]["eval_s"],
-                 "demo_s": round(whole - train_demo, 1)})
-    rows.append({"phase": "whole demo", "floor_s": round(train_floor + floor["eval"]["eval_s"], 2), "demo_s": whole})
+                                                                          "start_stop_s")}}
+    whole_s = demo["finished_s"] or wall
+    whole = {"phase": "whole demo", "floor_s": round(train_floor + floor["eval"]["eval_s"], 2), "demo_s": whole_s}
+    rows += [trainings, {"phase": "ranking + evaluation + Ray start", "floor_s": floor["eval"]["eval_s"],
+                         "demo_s": round(whole_s - train_demo, 1)}, whole]
     for r in rows:
         r["x_floor"] = round(r["demo_s"] / r["floor_s"], 2) if r["demo_s"] and r["floor_s"] else None
     print(f"\n{'phase':<34} {'floor s':>8} {'demo s':>7} {'x floor':>8} {'epochs s':>9} {'data wait':>10} "
@@ -299,7 +305,7 @@ def demo_table(floor: dict, demo: dict, wall: float) -> dict:
                  for k, w in (("epochs_s", 9), ("data_wait_s", 10), ("between_s", 8), ("start_stop_s", 11))]
         print(f"{r['phase']:<34} {r['floor_s']:>8.1f} {r['demo_s'] or 0:>7.1f} {r['x_floor'] or 0:>8.2f} "
               + " ".join(cells))
-    return {"rows": rows, "training_x_floor": rows[-3]["x_floor"], "demo_x_floor": rows[-1]["x_floor"]}
+    return {"rows": rows, "training_x_floor": trainings["x_floor"], "demo_x_floor": whole["x_floor"]}
 
 
 def layers(args) -> dict:
@@ -357,7 +363,7 @@ def demo(args) -> dict:
         if not (data / "benchmark.json").exists():
             build_demo(data, seed=0, **preset["sizes"])
         print(f"floor: the demo's {'quick' if args.quick else 'full'} preset as bare PyTorch", flush=True)
-        floor = demo_floor(data, preset, threads=args.threads, eval_chunk=64, repeats=args.floor_repeats)
+        floor = demo_floor(data, preset, threads=args.threads, repeats=args.floor_repeats)
         print("the demo itself", flush=True)
         measured, wall = run_demo(data, tmp / "out", args.quick)
         if args.keep_log:

@@ -30,6 +30,7 @@ predict's scores are checked against eval's (max relative difference in the tabl
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -107,8 +108,6 @@ def time_predict(model: str, sets: dict, out: Path, runs_of: list[tuple[int, str
         ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # after init, which configures it
-    import inspect
-
     # An older commit's run_predict has no decode_in (it decoded in tasks): the same script
     # times it for a before/after table (run from a worktree of that commit).
     placed = "decode_in" in inspect.signature(run_predict).parameters
